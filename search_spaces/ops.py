@@ -1,0 +1,361 @@
+"""The op registry: every augmentation op, its physical parameter and its batched kernel.
+
+One table (:data:`OPS`) holds every per-sample op. Each entry says what its magnitude means in physical
+units (degrees, shear factor, fraction of the image size, PIL enhancement factor, bits kept, ...), the
+range a policy may use, the identity value, how a normalised level in ``[0, 1]`` maps to a value, and
+whether a random sign applies. Semantics follow ``torchvision.transforms.v2.functional`` on float
+images (the golden tests compare against it); ``../shared/reference/op-semantics.md`` §5 and §7 list
+where libraries disagree.
+
+Kernels take a float batch ``(b, C, H, W)`` in ``[0, 1]`` and per-sample values ``(b,)``, so one call
+augments every sample that drew the op, each with its own magnitude. Geometric ops are not kernels
+but affine matrices (:func:`affine_matrices`), so the augmenter fuses them into one warp.
+
+Batch-level ops (``cutmix``, ``mixup``) live in :data:`BATCH_OPS`; they need labels and run after
+the per-sample policy. Lambda convention: ``lam`` is the weight of the *original* sample (as in
+torchvision), the partner comes from a random permutation, and ``lam`` is drawn per sample.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import kornia
+import numpy as np
+import torch
+import torchvision.transforms.v2.functional as TF
+from torch import Tensor
+
+__all__ = ["OPS", "BATCH_OPS", "OpSpec", "BatchOpSpec", "OpContext", "affine_matrices", "warp"]
+
+#: ``solarize_add`` adds to pixels below this threshold (128 on the uint8 scale, as in timm/TF).
+SOLARIZE_ADD_THRESHOLD = 128.0 / 255.0
+
+
+@dataclass(frozen=True)
+class OpContext:
+    """What a kernel needs besides pixels and magnitudes."""
+
+    fill: Tensor  # (C,) fill colour for exposed areas, in [0, 1]
+    interpolation: str  # "nearest" | "bilinear"
+    generator: torch.Generator | None
+
+
+Kernel = Callable[[Tensor, Tensor, OpContext], Tensor]
+
+
+@dataclass(frozen=True)
+class OpSpec:
+    """One per-sample op.
+
+    ``level_to_value(level)`` maps a level in [0, 1] to ``identity + level * (level_max - identity)``;
+    a random sign then reflects the value around ``identity`` (``1 + 0.3`` becomes ``1 - 0.3``).
+    """
+
+    name: str
+    doc: str
+    param: str | None = None  # physical parameter name, None for parameter-free ops
+    bounds: tuple[float, float] | None = None  # values a policy may hold
+    identity: float | None = None  # value that leaves the image unchanged
+    level_max: float | None = None  # value at level 1 (default magnitude space: torchvision AA/RA)
+    signed: bool = False  # random sign by default
+    integer: bool = False  # value is rounded to an integer
+    geometric: bool = False  # expressed as an affine matrix and fused into one warp
+    kernel: Kernel | None = None
+
+    @property
+    def has_magnitude(self) -> bool:
+        return self.param is not None
+
+    def level_to_value(self, level: float, level_max: float | None = None) -> float:
+        """Physical value at normalised ``level`` (positive side; no sign applied)."""
+        if not self.has_magnitude:
+            raise ValueError(f"op '{self.name}' takes no magnitude")
+        top = self.level_max if level_max is None else level_max
+        value = self.identity + float(level) * (top - self.identity)
+        return float(round(value)) if self.integer else float(f"{value:.12g}")  # 1.6, not 1.5999999999999999
+
+
+# ---------------------------------------------------------------------------------------------
+# Kernels: float (b, C, H, W) in [0, 1], values (b,) -> float (b, C, H, W) in [0, 1]
+
+
+def _per_sample(v: Tensor) -> Tensor:
+    return v.view(-1, 1, 1, 1)
+
+
+def _gray(x: Tensor) -> Tensor:
+    return kornia.color.rgb_to_grayscale(x) if x.shape[1] == 3 else x
+
+
+def _blend(x: Tensor, other: Tensor, factor: Tensor) -> Tensor:
+    """PIL ``ImageEnhance``: ``other + factor * (x - other)``, clipped."""
+    f = _per_sample(factor)
+    return (f * x + (1.0 - f) * other).clamp_(0.0, 1.0)
+
+
+def _brightness(x: Tensor, v: Tensor, ctx: OpContext) -> Tensor:
+    return kornia.enhance.adjust_brightness_accumulative(x, v)
+
+
+def _color(x: Tensor, v: Tensor, ctx: OpContext) -> Tensor:
+    return x if x.shape[1] == 1 else _blend(x, _gray(x), v)
+
+
+def _contrast(x: Tensor, v: Tensor, ctx: OpContext) -> Tensor:
+    return _blend(x, _gray(x).mean(dim=(-3, -2, -1), keepdim=True), v)
+
+
+def _sharpness(x: Tensor, v: Tensor, ctx: OpContext) -> Tensor:
+    if x.shape[-1] <= 2 or x.shape[-2] <= 2:
+        return x
+    return kornia.enhance.sharpness(x, v)
+
+
+def _to_uint8_levels(x: Tensor) -> Tensor:
+    return (x * 255.0).round_()
+
+
+def _posterize(x: Tensor, v: Tensor, ctx: OpContext) -> Tensor:
+    # uint8 semantics (keep the top `bits` bits); kornia's posterize truncates x*255 instead of rounding.
+    mask = (256 - (1 << (8 - v.to(torch.int32)))).to(torch.uint8)
+    q = _to_uint8_levels(x).to(torch.uint8) & _per_sample(mask)
+    return q.to(x.dtype) / 255.0
+
+
+def _solarize(x: Tensor, v: Tensor, ctx: OpContext) -> Tensor:
+    return kornia.enhance.solarize(x, v)
+
+
+def _solarize_add(x: Tensor, v: Tensor, ctx: OpContext) -> Tensor:
+    return torch.where(x < SOLARIZE_ADD_THRESHOLD, (x + _per_sample(v)).clamp(0.0, 1.0), x)
+
+
+def _autocontrast(x: Tensor, v: Tensor, ctx: OpContext) -> Tensor:
+    # kornia.enhance.normalize_min_max maps a constant channel to 0; PIL/torchvision leave it alone.
+    lo = x.amin(dim=(-2, -1), keepdim=True)
+    hi = x.amax(dim=(-2, -1), keepdim=True)
+    flat = hi == lo
+    scale = torch.where(flat, torch.ones_like(hi), 1.0 / (hi - lo).clamp_min(1e-12))
+    return ((x - torch.where(flat, torch.zeros_like(lo), lo)) * scale).clamp_(0.0, 1.0)
+
+
+def _equalize(x: Tensor, v: Tensor, ctx: OpContext) -> Tensor:
+    # torchvision's kernel is batched, parameter-free and *is* the reference (PIL's LUT); kornia's
+    # equalize bins differently (about 1% of pixels move by one level).
+    return TF.equalize(x)
+
+
+def _invert(x: Tensor, v: Tensor, ctx: OpContext) -> Tensor:
+    return 1.0 - x
+
+
+def _grayscale(x: Tensor, v: Tensor, ctx: OpContext) -> Tensor:
+    return _gray(x).expand_as(x).contiguous()
+
+
+def _hflip(x: Tensor, v: Tensor, ctx: OpContext) -> Tensor:
+    return x.flip(-1)
+
+
+def _identity(x: Tensor, v: Tensor, ctx: OpContext) -> Tensor:
+    return x
+
+
+def uniform(n: int, generator: torch.Generator | None, device: torch.device) -> Tensor:
+    """``n`` uniform draws from ``generator`` (on its own device), moved to ``device``."""
+    return torch.rand(n, generator=generator, device=generator.device if generator else device).to(device)
+
+
+def _rand(n: int, ctx: OpContext, device: torch.device) -> Tensor:
+    return uniform(n, ctx.generator, device)
+
+
+def _cutout(x: Tensor, v: Tensor, ctx: OpContext) -> Tensor:
+    """One square of side ``round(v * min(H, W))`` per sample, centre uniform, clipped at the border."""
+    b, _, h, w = x.shape
+    side = (v * min(h, w)).round()
+    cy = (_rand(b, ctx, x.device) * h).floor()
+    cx = (_rand(b, ctx, x.device) * w).floor()
+    y0, x0 = cy - torch.div(side, 2, rounding_mode="floor"), cx - torch.div(side, 2, rounding_mode="floor")
+    rows = torch.arange(h, device=x.device).view(1, h, 1)
+    cols = torch.arange(w, device=x.device).view(1, 1, w)
+    inside = (
+        (rows >= y0.view(-1, 1, 1))
+        & (rows < (y0 + side).view(-1, 1, 1))
+        & (cols >= x0.view(-1, 1, 1))
+        & (cols < (x0 + side).view(-1, 1, 1))
+    )
+    return torch.where(inside.unsqueeze(1), ctx.fill.view(1, -1, 1, 1).to(x.dtype), x)
+
+
+def _pad_crop(x: Tensor, v: Tensor, ctx: OpContext) -> Tensor:
+    """Pad by ``p = round(v * size)`` pixels (fill colour), then crop at a uniform integer offset.
+
+    This is torchvision's ``RandomCrop(size, padding=p, fill=fill)``: content shifts by an integer in
+    ``[-p, p]`` on each axis.
+    """
+    b, c, h, w = x.shape
+    py, px = (v * h).round().long(), (v * w).round().long()
+    pmax_y, pmax_x = int(py.max()), int(px.max())
+    if pmax_y == 0 and pmax_x == 0:
+        return x
+    fill = ctx.fill.view(1, -1, 1, 1).to(x.dtype)
+    padded = torch.nn.functional.pad(x - fill, (pmax_x, pmax_x, pmax_y, pmax_y)) + fill
+    oy = pmax_y - py + (_rand(b, ctx, x.device) * (2 * py + 1)).floor().long()
+    ox = pmax_x - px + (_rand(b, ctx, x.device) * (2 * px + 1)).floor().long()
+    rows = (oy.view(-1, 1) + torch.arange(h, device=x.device)).view(b, 1, h, 1).expand(b, c, h, w)
+    cols = (ox.view(-1, 1) + torch.arange(w, device=x.device)).view(b, 1, 1, w).expand(b, c, h, w)
+    flat = padded.flatten(2)
+    index = rows * padded.shape[-1] + cols
+    return flat.gather(2, index.reshape(b, c, h * w)).view(b, c, h, w)
+
+
+# ---------------------------------------------------------------------------------------------
+# Geometric ops as affine matrices in pixel-index coordinates (pixel centres at integers).
+
+
+def affine_matrices(op: str, v: Tensor, height: int, width: int) -> Tensor:
+    """Forward affine matrices ``(b, 2, 3)`` that move content as torchvision's kernels do.
+
+    * ``rotate``: counter-clockwise by ``v`` degrees about the image centre.
+    * ``shear_x``/``shear_y``: output ``(x, y)`` reads input ``(x + v * (y + 1/2), y)`` (resp. the
+      transpose), i.e. torchvision AutoAugment's shear about the top-left corner.
+    * ``translate_x``/``translate_y``: content moves right/down by ``v * W`` (``v * H``) pixels.
+    """
+    b = v.shape[0]
+    m = torch.zeros(b, 2, 3, dtype=v.dtype, device=v.device)
+    m[:, 0, 0] = 1.0
+    m[:, 1, 1] = 1.0
+    if op == "rotate":
+        cx, cy = (width - 1) / 2.0, (height - 1) / 2.0
+        center = torch.tensor([[cx, cy]], dtype=v.dtype, device=v.device).expand(b, 2)
+        scale = torch.ones(b, 2, dtype=v.dtype, device=v.device)
+        return kornia.geometry.transform.get_rotation_matrix2d(center, v, scale)
+    if op == "shear_x":
+        m[:, 0, 1] = -v
+        m[:, 0, 2] = -0.5 * v
+    elif op == "shear_y":
+        m[:, 1, 0] = -v
+        m[:, 1, 2] = -0.5 * v
+    elif op == "translate_x":
+        m[:, 0, 2] = v * width
+    elif op == "translate_y":
+        m[:, 1, 2] = v * height
+    else:
+        raise KeyError(f"'{op}' is not a geometric op")
+    return m
+
+
+def warp(x: Tensor, matrices: Tensor, ctx: OpContext) -> Tensor:
+    """Warp each sample by its own forward affine matrix; exposed areas get ``ctx.fill``."""
+    fill = ctx.fill.view(1, -1, 1, 1).to(x.dtype)
+    out = kornia.geometry.transform.warp_affine(
+        x - fill, matrices.to(x.dtype), dsize=tuple(x.shape[-2:]), mode=ctx.interpolation, align_corners=True
+    )
+    return (out + fill).clamp_(0.0, 1.0)
+
+
+# ---------------------------------------------------------------------------------------------
+# The registry
+
+_FACTOR = dict(bounds=(0.0, 2.0), identity=1.0, level_max=1.9, signed=True)
+
+OPS: dict[str, OpSpec] = {
+    spec.name: spec
+    for spec in [
+        OpSpec("identity", "no change", kernel=_identity),
+        OpSpec("shear_x", "horizontal shear; value = shear factor tan(angle), top-left origin",
+               "factor", (-1.0, 1.0), 0.0, 0.3, signed=True, geometric=True),
+        OpSpec("shear_y", "vertical shear; value = shear factor tan(angle), top-left origin",
+               "factor", (-1.0, 1.0), 0.0, 0.3, signed=True, geometric=True),
+        OpSpec("translate_x", "horizontal shift; value = fraction of the width (positive = right)",
+               "fraction", (-1.0, 1.0), 0.0, 150.0 / 331.0, signed=True, geometric=True),
+        OpSpec("translate_y", "vertical shift; value = fraction of the height (positive = down)",
+               "fraction", (-1.0, 1.0), 0.0, 150.0 / 331.0, signed=True, geometric=True),
+        OpSpec("rotate", "rotation about the centre; value = degrees, counter-clockwise",
+               "degrees", (-180.0, 180.0), 0.0, 30.0, signed=True, geometric=True),
+        OpSpec("brightness", "PIL Brightness: multiply by factor", "factor", **_FACTOR, kernel=_brightness),
+        OpSpec("color", "PIL Color: blend with grayscale by factor", "factor", **_FACTOR, kernel=_color),
+        OpSpec("contrast", "PIL Contrast: blend with the image's mean gray by factor",
+               "factor", **_FACTOR, kernel=_contrast),
+        OpSpec("sharpness", "PIL Sharpness: blend with the 3x3 smoothed image by factor",
+               "factor", **_FACTOR, kernel=_sharpness),
+        OpSpec("posterize", "keep the top `bits` bits of each uint8 channel value",
+               "bits", (0.0, 8.0), 8.0, 4.0, integer=True, kernel=_posterize),
+        OpSpec("solarize", "invert pixels >= threshold (fraction of the value range)",
+               "threshold", (0.0, 1.0), 1.0, 0.0, kernel=_solarize),
+        OpSpec("solarize_add", "add `addition` (fraction of range) to pixels below 128/255, clip",
+               "addition", (0.0, 0.5), 0.0, 110.0 / 255.0, kernel=_solarize_add),
+        OpSpec("autocontrast", "stretch each channel to [0, 1] (constant channels unchanged)",
+               kernel=_autocontrast),
+        OpSpec("equalize", "PIL histogram equalisation per channel", kernel=_equalize),
+        OpSpec("invert", "1 - x", kernel=_invert),
+        OpSpec("grayscale", "ITU-R 601 luma replicated to every channel", kernel=_grayscale),
+        OpSpec("hflip", "mirror left-right", kernel=_hflip),
+        OpSpec("cutout", "one fill-coloured square, side = fraction of min(H, W), centre uniform",
+               "size", (0.0, 1.0), 0.0, 0.5, kernel=_cutout),
+        OpSpec("pad_crop", "pad by a fraction of the size (fill colour), crop back at a random offset",
+               "padding", (0.0, 0.5), 0.0, 0.25, kernel=_pad_crop),
+    ]
+}
+
+
+# ---------------------------------------------------------------------------------------------
+# Batch ops: mix pairs of samples and their (soft) labels.
+
+
+def _beta(alpha: float, n: int, x: Tensor, generator: torch.Generator | None) -> Tensor:
+    """Beta(alpha, alpha) draws, seeded from ``generator`` (torch has no generator-aware Beta)."""
+    seed = int(torch.randint(0, 2**62, (1,), generator=generator, device=generator.device if generator else None))
+    draws = np.random.default_rng(seed).beta(alpha, alpha, size=n)
+    return torch.as_tensor(draws, dtype=x.dtype, device=x.device)
+    return np.random.default_rng(seed).beta(alpha, alpha, size=n)
+
+
+def _mixup(x: Tensor, y: Tensor, alpha: float, generator: torch.Generator | None) -> tuple[Tensor, Tensor]:
+    b = x.shape[0]
+    perm = torch.randperm(b, generator=generator, device=generator.device if generator else None).to(x.device)
+    lam = _beta(alpha, b, x, generator)
+    mixed = _per_sample(lam) * x + _per_sample(1.0 - lam) * x[perm]
+    return mixed, lam.view(-1, 1) * y + (1.0 - lam.view(-1, 1)) * y[perm]
+
+
+def _cutmix(x: Tensor, y: Tensor, alpha: float, generator: torch.Generator | None) -> tuple[Tensor, Tensor]:
+    b, _, h, w = x.shape
+    perm = torch.randperm(b, generator=generator, device=generator.device if generator else None).to(x.device)
+    lam = _beta(alpha, b, x, generator)
+    cut = torch.sqrt(1.0 - lam)
+    bh, bw = (cut * h).round(), (cut * w).round()
+    cy = (uniform(b, generator, x.device) * h).floor()
+    cx = (uniform(b, generator, x.device) * w).floor()
+    y0, y1 = (cy - bh / 2).floor().clamp(0, h), (cy + bh / 2).floor().clamp(0, h)
+    x0, x1 = (cx - bw / 2).floor().clamp(0, w), (cx + bw / 2).floor().clamp(0, w)
+    rows = torch.arange(h, device=x.device).view(1, h, 1)
+    cols = torch.arange(w, device=x.device).view(1, 1, w)
+    box = (
+        (rows >= y0.view(-1, 1, 1)) & (rows < y1.view(-1, 1, 1))
+        & (cols >= x0.view(-1, 1, 1)) & (cols < x1.view(-1, 1, 1))
+    )
+    mixed = torch.where(box.unsqueeze(1), x[perm], x)
+    lam_true = 1.0 - (y1 - y0) * (x1 - x0) / (h * w)  # weight of the original after clipping
+    return mixed, lam_true.view(-1, 1) * y + (1.0 - lam_true.view(-1, 1)) * y[perm]
+
+
+@dataclass(frozen=True)
+class BatchOpSpec:
+    """A batch-level op: ``apply(x, y_soft, alpha, generator) -> (x, y_soft)``."""
+
+    name: str
+    doc: str
+    apply: Callable[[Tensor, Tensor, float, torch.Generator | None], tuple[Tensor, Tensor]]
+
+
+BATCH_OPS: dict[str, BatchOpSpec] = {
+    "mixup": BatchOpSpec("mixup", "x = lam*x + (1-lam)*x[perm], lam ~ Beta(alpha, alpha) per sample", _mixup),
+    "cutmix": BatchOpSpec(
+        "cutmix", "paste a box of area (1-lam) from x[perm]; lam recomputed from the clipped box", _cutmix
+    ),
+}
+
