@@ -1,0 +1,739 @@
+"""Tests for trainers.data: loading real JPEGs (bundled sample, shared zip), decoding rules, cache, splits."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import io
+import json
+import time
+import warnings
+import zipfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from PIL import Image
+
+from trainers.data import (
+    DataError,
+    ImageData,
+    Splits,
+    _decode,
+    load_dataset,
+    make_splits,
+    stratified_kfold,
+    to_device_tensors,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+SAMPLE = ROOT / "trainers" / "sample" / "cifar10-sample.zip"
+SHARED = ROOT.parent / "shared" / "data" / "cifar10-train-jpeg.zip"
+SHARED_SHA256 = "8c63264468f67a4d71e73d014900f3b8f1c779affb3d986d181e340561544f1f"
+CIFAR_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+needs_shared = pytest.mark.skipif(not SHARED.is_file(), reason=f"shared data zip absent: {SHARED}")
+
+
+# ---------------------------------------------------------------- helpers
+
+
+@pytest.fixture(autouse=True)
+def _isolated_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("POLICY_SEARCH_CACHE", str(tmp_path / "default-cache"))
+    monkeypatch.delenv("POLICY_SEARCH_SHARED_DATA", raising=False)
+
+
+@contextmanager
+def data_error(match: str) -> Iterator[pytest.ExceptionInfo[DataError]]:
+    """pytest.raises(DataError) that also checks the message is one line."""
+    with pytest.raises(DataError, match=match) as info:
+        yield info
+    assert "\n" not in str(info.value)
+
+
+@pytest.fixture(scope="session")
+def jpegs() -> dict[str, list[bytes]]:
+    """Real CIFAR-10 JPEG bytes from the bundled sample, first 8 per class."""
+    out: dict[str, list[bytes]] = {}
+    with zipfile.ZipFile(SAMPLE) as archive:
+        for name in sorted(archive.namelist()):
+            label = name.split("/")[0]
+            if len(out.setdefault(label, [])) < 8:
+                out[label].append(archive.read(name))
+    return out
+
+
+@pytest.fixture(scope="session")
+def sample(tmp_path_factory: pytest.TempPathFactory) -> ImageData:
+    return load_dataset("sample", cache_dir=tmp_path_factory.mktemp("sample-cache"))
+
+
+def write_tree(root: Path, files: dict[str, bytes]) -> Path:
+    for name, blob in files.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_bytes(blob)
+    return root
+
+
+def write_zip(path: Path, files: dict[str, bytes]) -> Path:
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as archive:
+        for name, blob in files.items():
+            archive.writestr(name, blob)
+    return path
+
+
+def encode(image: Image.Image, fmt: str, **kwargs: object) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, fmt, **kwargs)
+    return buffer.getvalue()
+
+
+def decoded(blob: bytes, mode: str = "RGB") -> Image.Image:
+    with Image.open(io.BytesIO(blob)) as image:
+        return image.convert(mode)
+
+
+def reference_fit(image: Image.Image, size: int) -> np.ndarray:
+    """The documented rule, written independently: shorter side to `size` (bicubic), centre crop."""
+    scale = size / min(image.size)
+    width, height = max(size, round(image.width * scale)), max(size, round(image.height * scale))
+    resized = image.resize((width, height), Image.Resampling.BICUBIC)
+    left, top = (width - size) // 2, (height - size) // 2
+    return np.asarray(resized.crop((left, top, left + size, top + size)))
+
+
+def two_classes(jpegs: dict[str, list[bytes]], n: int = 3) -> dict[str, bytes]:
+    return {f"{label}/{i}.jpg": jpegs[label][i] for label in ("cat", "dog") for i in range(n)}
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+# ---------------------------------------------------------------- bundled sample
+
+
+def test_sample_loads_as_documented(sample: ImageData) -> None:
+    assert sample.images.shape == (4000, 3, 32, 32)
+    assert sample.images.dtype == torch.uint8 and sample.images.is_contiguous()
+    assert sample.labels.dtype == torch.int64
+    assert sample.classes == CIFAR_CLASSES
+    assert sample.labels.bincount().tolist() == [400] * 10
+    assert sample.digest == sha256(SAMPLE) and sample.skipped == 0
+    assert "sample" in sample.source
+
+
+def test_sample_pixels_match_pillow(sample: ImageData, jpegs: dict[str, list[bytes]]) -> None:
+    cat = CIFAR_CLASSES.index("cat")
+    first_cat = int(torch.nonzero(sample.labels == cat)[0])
+    expected = np.asarray(decoded(jpegs["cat"][0])).transpose(2, 0, 1)
+    assert np.array_equal(sample.images[first_cat].numpy(), expected)
+
+
+def test_sample_provenance_names_source_and_seed() -> None:
+    text = (SAMPLE.parent / "PROVENANCE.md").read_text()
+    assert SHARED_SHA256 in text and sha256(SAMPLE) in text
+    assert "Krizhevsky" in text and "make_sample.py" in text and "default_rng(" in text
+
+
+@pytest.mark.slow
+@needs_shared
+def test_make_sample_regenerates_bundled_zip_byte_identical(tmp_path: Path) -> None:
+    spec = importlib.util.spec_from_file_location("make_sample", ROOT / "benchmarks" / "make_sample.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    module.write_sample(SHARED, tmp_path / "again.zip")
+    assert (tmp_path / "again.zip").read_bytes() == SAMPLE.read_bytes()
+
+
+# ---------------------------------------------------------------- folder and zip layouts
+
+
+def test_directory_and_zip_give_identical_data(tmp_path: Path, jpegs: dict[str, list[bytes]]) -> None:
+    files = two_classes(jpegs)
+    folder = load_dataset(write_tree(tmp_path / "tree", files))
+    archive = load_dataset(write_zip(tmp_path / "data.zip", {f"train/{k}": v for k, v in files.items()}))
+    assert folder.classes == archive.classes == ("cat", "dog")
+    assert folder.labels.tolist() == [0, 0, 0, 1, 1, 1]
+    assert torch.equal(folder.images, archive.images)
+    assert archive.digest == sha256(tmp_path / "data.zip")
+    assert archive.source == f"zip {tmp_path / 'data.zip'}"
+
+
+def test_zip_class_level_detected_below_wrappers_and_noise_ignored(
+    tmp_path: Path, jpegs: dict[str, list[bytes]]
+) -> None:
+    files = {f"export/cifar/train/{k}": v for k, v in two_classes(jpegs).items()}
+    files |= {
+        "export/cifar/train/README.txt": b"x",
+        "__MACOSX/export/._a.jpg": b"x",
+        "export/.DS_Store": b"x",
+    }
+    files |= {
+        "export/cifar/train/cat/.hidden.jpg": b"garbage",
+        "export/cifar/train/stray.jpg": jpegs["cat"][7],
+    }
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        data = load_dataset(write_zip(tmp_path / "nested.zip", files))
+    assert data.classes == ("cat", "dog") and len(data) == 6 and data.skipped == 0
+
+
+def test_file_order_is_sorted_class_then_name(tmp_path: Path, jpegs: dict[str, list[bytes]]) -> None:
+    files = {"b/2.jpg": jpegs["dog"][0], "b/10.jpg": jpegs["dog"][1], "a/z.jpg": jpegs["cat"][0]}
+    files |= {"a-x/y.jpg": jpegs["ship"][0]}
+    data = load_dataset(write_tree(tmp_path / "tree", files))
+    assert data.classes == ("a", "a-x", "b")
+    order = [jpegs["cat"][0], jpegs["ship"][0], jpegs["dog"][1], jpegs["dog"][0]]  # "10.jpg" < "2.jpg"
+    expected = np.stack([np.asarray(decoded(blob)).transpose(2, 0, 1) for blob in order])
+    assert data.labels.tolist() == [0, 1, 2, 2] and np.array_equal(data.images.numpy(), expected)
+
+
+@pytest.mark.parametrize("kind", ["dir", "zip"])
+def test_single_class_is_rejected(tmp_path: Path, jpegs: dict[str, list[bytes]], kind: str) -> None:
+    files = {f"train/cat/{i}.jpg": blob for i, blob in enumerate(jpegs["cat"])}
+    path = write_tree(tmp_path / "d", files) if kind == "dir" else write_zip(tmp_path / "d.zip", files)
+    with data_error(r"only one class folder \('cat'\)") as info:
+        load_dataset(path)
+    assert str(path) in str(info.value)
+
+
+def test_empty_folder_and_empty_zip_are_rejected(tmp_path: Path) -> None:
+    (tmp_path / "empty" / "cat").mkdir(parents=True)
+    with data_error("no image files"):
+        load_dataset(tmp_path / "empty")
+    with data_error("no image files"):
+        load_dataset(write_zip(tmp_path / "empty.zip", {}))
+
+
+def test_images_without_class_folders_are_rejected(tmp_path: Path, jpegs: dict[str, list[bytes]]) -> None:
+    with data_error("no class folders"):
+        load_dataset(write_tree(tmp_path / "flat", {"a.jpg": jpegs["cat"][0], "b.jpg": jpegs["dog"][0]}))
+
+
+def test_missing_and_unsupported_paths(tmp_path: Path) -> None:
+    with data_error(f"dataset not found: {tmp_path / 'nope.zip'}"):
+        load_dataset(tmp_path / "nope.zip")
+    (tmp_path / "data.csv").write_text("a,b")
+    with data_error("unsupported dataset .*data.csv"):
+        load_dataset(tmp_path / "data.csv")
+    (tmp_path / "fake.zip").write_bytes(b"not a zip at all")
+    with data_error("fake.zip: not a readable zip file"):
+        load_dataset(tmp_path / "fake.zip")
+
+
+def test_special_names_are_plain_strings_only(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    with data_error("dataset not found: sample"):
+        load_dataset(Path("sample"))
+
+
+def test_nothing_decodable_is_rejected(tmp_path: Path) -> None:
+    with data_error("none of the 2 image files could be decoded"):
+        load_dataset(write_tree(tmp_path / "bad", {"a/x.jpg": b"junk", "b/y.png": b"junk"}))
+
+
+def test_bad_options_are_rejected(tmp_path: Path) -> None:
+    with data_error("channels must be 1 or 3, got 2"):
+        load_dataset("sample", channels=2)
+    with data_error("image_size must be a positive integer"):
+        load_dataset("sample", image_size=0)
+
+
+def test_directory_digest_depends_on_content_not_location(
+    tmp_path: Path, jpegs: dict[str, list[bytes]]
+) -> None:
+    files = two_classes(jpegs)
+    first = load_dataset(write_tree(tmp_path / "one", files))
+    second = load_dataset(write_tree(tmp_path / "two", files))
+    changed = load_dataset(write_tree(tmp_path / "three", files | {"cat/0.jpg": jpegs["cat"][5]}))
+    assert first.digest == second.digest != changed.digest
+    assert not torch.equal(first.images, changed.images)
+
+
+# ---------------------------------------------------------------- decoding rules
+
+
+@pytest.fixture
+def odd_folder(tmp_path: Path, jpegs: dict[str, list[bytes]]) -> tuple[Path, dict[str, Image.Image]]:
+    """Two classes of real JPEGs plus every awkward variant of a real image in class `cat`."""
+    base = decoded(jpegs["cat"][3])
+    rgba = base.convert("RGBA")
+    rgba.putalpha(90)
+    palette = base.convert("P", palette=Image.Palette.ADAPTIVE, colors=16)
+    variants = {
+        "cat/v_cmyk.jpg": base.convert("CMYK"),
+        "cat/v_gray.jpg": base.convert("L"),
+        "cat/v_odd.jpg": base.resize((48, 40)),
+        "cat/v_palette.png": palette,
+        "cat/v_rgba.png": rgba,
+        "cat/v_tiny.png": base.resize((5, 7)),
+        "cat/v_wide.png": base.resize((64, 32)),
+    }
+    files = two_classes(jpegs) | {
+        name: encode(image, "JPEG" if name.endswith(".jpg") else "PNG") for name, image in variants.items()
+    }
+    files["cat/v_ptrans.png"] = encode(palette, "PNG", transparency=0)
+    files["cat/z_corrupt.jpg"] = b"\xff\xd8\xff\xe0 definitely not a jpeg" * 10
+    files["dog/z_truncated.jpg"] = jpegs["dog"][4][: len(jpegs["dog"][4]) // 2]
+    sources = {name: decoded(blob, "RGBA") for name, blob in files.items() if "/v_" in name}
+    return write_tree(tmp_path / "odd", files), sources
+
+
+def _position(root: Path, name: str) -> int:
+    """Index of `name` in load order (sorted class, sorted name), corrupt files excluded."""
+    names = sorted(p.relative_to(root).as_posix() for p in root.rglob("*.*") if "/z_" not in p.as_posix())
+    return names.index(name)
+
+
+def test_awkward_images_convert_and_broken_ones_are_skipped_with_one_warning(
+    odd_folder: tuple[Path, dict[str, Image.Image]],
+) -> None:
+    root, _ = odd_folder
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        data = load_dataset(root)
+    assert len(caught) == 1
+    message = str(caught[0].message)
+    assert "skipped 2 undecodable" in message and "z_corrupt.jpg" in message and "z_truncated.jpg" in message
+    assert data.skipped == 2 and data.images.shape == (14, 3, 32, 32)
+    assert data.labels.bincount().tolist() == [11, 3]
+
+
+def test_mode_conversions_follow_the_documented_rules(
+    odd_folder: tuple[Path, dict[str, Image.Image]],
+) -> None:
+    root, sources = odd_folder
+    with pytest.warns(UserWarning, match="skipped 2"):
+        data = load_dataset(root)
+
+    def pixels(name: str) -> np.ndarray:
+        return data.images[_position(root, name)].numpy().transpose(1, 2, 0)
+
+    gray = pixels("cat/v_gray.jpg")
+    assert np.array_equal(gray[..., 0], gray[..., 1]) and np.array_equal(gray[..., 0], gray[..., 2])
+    assert np.array_equal(pixels("cat/v_rgba.png"), np.asarray(sources["cat/v_rgba.png"])[..., :3])
+    for name in ("cat/v_palette.png", "cat/v_ptrans.png"):
+        assert np.array_equal(pixels(name), np.asarray(sources[name].convert("RGB")))
+    cmyk = decoded((root / "cat/v_cmyk.jpg").read_bytes())
+    assert np.array_equal(pixels("cat/v_cmyk.jpg"), np.asarray(cmyk))
+    for name in ("cat/v_tiny.png", "cat/v_odd.jpg", "cat/v_wide.png"):
+        assert np.array_equal(pixels(name), reference_fit(decoded((root / name).read_bytes()), 32)), name
+
+
+def test_grayscale_output_and_explicit_size(odd_folder: tuple[Path, dict[str, Image.Image]]) -> None:
+    root, _ = odd_folder
+    with pytest.warns(UserWarning, match="skipped 2"):
+        gray = load_dataset(root, channels=1)
+    with pytest.warns(UserWarning, match="skipped 2"):
+        small = load_dataset(root, image_size=16)
+    assert gray.images.shape == (14, 1, 32, 32) and small.images.shape == (14, 3, 16, 16)
+    name = "dog/0.jpg"
+    expected = np.asarray(decoded((root / name).read_bytes(), "L"))
+    assert np.array_equal(gray.images[_position(root, name), 0].numpy(), expected)
+    expected = reference_fit(decoded((root / name).read_bytes()), 16)
+    assert np.array_equal(small.images[_position(root, name)].numpy().transpose(1, 2, 0), expected)
+
+
+def test_most_common_size_wins(tmp_path: Path, jpegs: dict[str, list[bytes]]) -> None:
+    files = {
+        f"{label}/s{i}.png": encode(decoded(jpegs[label][i]).resize((20, 20)), "PNG")
+        for label in ("cat", "ship")
+        for i in (0, 1)
+    }
+    files["cat/big.jpg"] = jpegs["cat"][5]
+    data = load_dataset(write_tree(tmp_path / "sizes", files))
+    assert data.images.shape == (5, 3, 20, 20)
+    expected = reference_fit(decoded(jpegs["cat"][5]), 20)
+    assert np.array_equal(data.images[0].numpy().transpose(1, 2, 0), expected)
+
+
+def test_centre_crop_keeps_the_middle(tmp_path: Path) -> None:
+    bands = np.zeros((32, 96, 3), np.uint8)
+    bands[:, :32, 0] = bands[:, 32:64, 1] = bands[:, 64:, 2] = 255
+    files = {"wide/a.png": encode(Image.fromarray(bands), "PNG")}
+    files["tall/a.png"] = encode(Image.fromarray(bands.transpose(1, 0, 2).copy()), "PNG")
+    data = load_dataset(write_tree(tmp_path / "bands", files), image_size=32)
+    green = np.zeros((3, 32, 32), np.uint8)
+    green[1] = 255
+    assert all(np.array_equal(image, green) for image in data.images.numpy())
+
+
+# ---------------------------------------------------------------- npz
+
+
+@pytest.fixture
+def arrays(sample: ImageData) -> tuple[np.ndarray, np.ndarray]:
+    """40 real images (4 classes) as NHWC uint8 and int labels."""
+    idx = torch.cat([torch.nonzero(sample.labels == c)[:10, 0] for c in range(4)])
+    return sample.images[idx].numpy().transpose(0, 2, 3, 1).copy(), sample.labels[idx].numpy()
+
+
+@pytest.mark.parametrize("layout", ["NHWC", "NCHW"])
+def test_npz_layouts(tmp_path: Path, arrays: tuple[np.ndarray, np.ndarray], layout: str) -> None:
+    x, y = arrays
+    stored = x if layout == "NHWC" else x.transpose(0, 3, 1, 2)
+    np.savez(tmp_path / "d.npz", x=stored, y=y.astype(np.int32), classes=np.array(CIFAR_CLASSES[:4]))
+    data = load_dataset(tmp_path / "d.npz")
+    assert np.array_equal(data.images.numpy(), x.transpose(0, 3, 1, 2)) and data.images.is_contiguous()
+    assert data.labels.dtype == torch.int64 and data.labels.tolist() == y.tolist()
+    assert data.classes == CIFAR_CLASSES[:4] and data.digest == sha256(tmp_path / "d.npz")
+
+
+def test_npz_grayscale_rgba_and_conversions(tmp_path: Path, arrays: tuple[np.ndarray, np.ndarray]) -> None:
+    x, y = arrays
+    luma = np.stack([np.asarray(Image.fromarray(a).convert("L")) for a in x])
+    np.savez(tmp_path / "gray.npz", x=luma, y=y)
+    gray3 = load_dataset(tmp_path / "gray.npz")
+    assert gray3.classes == ("0", "1", "2", "3")
+    assert np.array_equal(gray3.images.numpy(), np.repeat(luma[:, None], 3, axis=1))
+    assert np.array_equal(load_dataset(tmp_path / "gray.npz", channels=1).images.numpy()[:, 0], luma)
+    rgba = np.concatenate([x, np.full(x.shape[:3] + (1,), 7, np.uint8)], axis=-1)
+    np.savez(tmp_path / "rgba.npz", x=rgba, y=y)
+    assert np.array_equal(load_dataset(tmp_path / "rgba.npz").images.numpy(), x.transpose(0, 3, 1, 2))
+    np.savez(tmp_path / "rgb.npz", x=x, y=y)
+    assert np.array_equal(load_dataset(tmp_path / "rgb.npz", channels=1).images.numpy()[:, 0], luma)
+    resized = load_dataset(tmp_path / "rgb.npz", image_size=20).images.numpy()
+    assert np.array_equal(resized[5].transpose(1, 2, 0), reference_fit(Image.fromarray(x[5]), 20))
+
+
+def test_npz_errors_name_the_field(tmp_path: Path, arrays: tuple[np.ndarray, np.ndarray]) -> None:
+    x, y = arrays
+    cases = {
+        "no_y": ({"x": x}, r"missing array 'y' \(found: x\)"),
+        "float": ({"x": x.astype(np.float32), "y": y}, "array 'x' must be uint8, got float32"),
+        "short_y": ({"x": x, "y": y[:-1]}, "array 'y' must hold 40 integer labels"),
+        "one_class": ({"x": x, "y": np.zeros_like(y)}, "fewer than two classes"),
+        "shape": ({"x": x[..., :2], "y": y}, r"array 'x' has shape \(40, 32, 32, 2\)"),
+        "classes": ({"x": x, "y": y, "classes": np.array(["a", "b"])}, "array 'classes' must be 4 or more"),
+        "pickled": ({"x": x, "y": y, "classes": np.array(["a", 1, 2, 3], dtype=object)}, "allow_pickle"),
+    }
+    for name, (content, message) in cases.items():
+        np.savez(tmp_path / f"{name}.npz", **content)
+        with data_error(message):
+            load_dataset(tmp_path / f"{name}.npz")
+    (tmp_path / "junk.npz").write_bytes(b"junk")
+    with data_error("junk.npz: not a readable .npz"):
+        load_dataset(tmp_path / "junk.npz")
+    with (tmp_path / "single.npz").open("wb") as handle:
+        np.save(handle, x)
+    with data_error("single.npz: not a .npz archive"):
+        load_dataset(tmp_path / "single.npz")
+
+
+# ---------------------------------------------------------------- special specs
+
+
+def test_torchvision_missing_root_says_to_download(tmp_path: Path) -> None:
+    with data_error(r"torchvision:cifar10: not found under .*; pass download=True"):
+        load_dataset("torchvision:cifar10", root=str(tmp_path / "tv"))
+    with data_error("unknown dataset 'torchvision:mnist'; choose from cifar10, cifar100, svhn"):
+        load_dataset("torchvision:mnist")
+
+
+def test_cifar10_jpeg_shortcut_missing_is_explained(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    with data_error("cifar10-jpeg: .*cifar10-train-jpeg.zip not found .*POLICY_SEARCH_SHARED_DATA"):
+        load_dataset("cifar10-jpeg")
+    monkeypatch.setenv("POLICY_SEARCH_SHARED_DATA", str(tmp_path / "elsewhere"))
+    with data_error("elsewhere/cifar10-train-jpeg.zip not found"):
+        load_dataset("cifar10-jpeg")
+
+
+def test_cifar10_jpeg_shortcut_uses_env(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, jpegs: dict[str, list[bytes]]
+) -> None:
+    stand_in = write_zip(
+        tmp_path / "cifar10-train-jpeg.zip", {f"train/{k}": v for k, v in two_classes(jpegs).items()}
+    )
+    monkeypatch.setenv("POLICY_SEARCH_SHARED_DATA", str(tmp_path))
+    data = load_dataset("cifar10-jpeg")
+    assert len(data) == 6 and data.digest == sha256(stand_in) and str(stand_in) in data.source
+    monkeypatch.setenv("POLICY_SEARCH_SHARED_DATA", str(stand_in))  # the zip itself also works
+    assert load_dataset("cifar10-jpeg").digest == data.digest
+
+
+# ---------------------------------------------------------------- cache
+
+
+def _forbid_decoding(monkeypatch: pytest.MonkeyPatch) -> None:
+    def boom(*args: object) -> None:
+        raise AssertionError("decoded although the cache should have been used")
+
+    monkeypatch.setattr(_decode, "decode_image", boom)
+
+
+def test_second_load_uses_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, sample: ImageData) -> None:
+    first = load_dataset("sample", cache_dir=tmp_path)
+    _forbid_decoding(monkeypatch)
+    again = load_dataset("sample", cache_dir=tmp_path)
+    assert torch.equal(first.images, again.images) and torch.equal(sample.images, again.images)
+    assert again.classes == first.classes and again.digest == first.digest
+    with pytest.raises(AssertionError, match="decoded although"):  # other options are other entries
+        load_dataset("sample", cache_dir=tmp_path, image_size=16)
+
+
+def test_default_cache_dir_comes_from_env(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, jpegs: dict[str, list[bytes]]
+) -> None:
+    monkeypatch.setenv("POLICY_SEARCH_CACHE", str(tmp_path / "env-cache"))
+    data = load_dataset(write_tree(tmp_path / "tree", two_classes(jpegs)))
+    assert [p.name for p in (tmp_path / "env-cache").iterdir()] == [f"{data.digest}-sizeauto-c3-v1.npz"]
+
+
+def test_cache_replays_the_skip_warning(
+    odd_folder: tuple[Path, dict[str, Image.Image]], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root, _ = odd_folder
+    with pytest.warns(UserWarning, match="skipped 2"):
+        load_dataset(root, cache_dir=tmp_path / "c")
+    _forbid_decoding(monkeypatch)
+    with pytest.warns(UserWarning, match="skipped 2 .*z_corrupt.jpg"):
+        assert load_dataset(root, cache_dir=tmp_path / "c").skipped == 2
+
+
+@pytest.mark.parametrize("damage", ["garbage", "truncated", "bitflip", "foreign", "npy"])
+def test_corrupt_cache_is_rebuilt(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, jpegs: dict[str, list[bytes]], damage: str
+) -> None:
+    source = write_zip(tmp_path / "small.zip", two_classes(jpegs, n=8))
+    cache = tmp_path / "cache"
+    first = load_dataset(source, cache_dir=cache)
+    (entry,) = cache.glob("*.npz")
+    if damage == "garbage":
+        entry.write_bytes(b"\0garbage" * 100)
+    elif damage == "truncated":
+        entry.write_bytes(entry.read_bytes()[: entry.stat().st_size // 2])
+    elif damage == "bitflip":  # caught by the zip member's CRC-32
+        blob = bytearray(entry.read_bytes())
+        blob[len(blob) // 3] ^= 0xFF
+        entry.write_bytes(bytes(blob))
+    elif damage == "npy":
+        with entry.open("wb") as handle:
+            np.save(handle, np.zeros(3))
+    else:
+        np.savez(
+            entry,
+            images=np.zeros((2, 3, 8, 8), np.uint8),
+            labels=np.zeros(2, np.int64),
+            classes=np.array(["a", "b"]),
+            skipped=np.array([], str),
+        )
+    with pytest.warns(UserWarning, match="ignoring unreadable dataset cache .*; rebuilding it") as record:
+        rebuilt = load_dataset(source, cache_dir=cache)
+    assert all("\n" not in str(w.message) for w in record)
+    assert torch.equal(rebuilt.images, first.images)
+    _forbid_decoding(monkeypatch)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert torch.equal(load_dataset(source, cache_dir=cache).images, first.images)
+    assert [p.name for p in cache.iterdir()] == [entry.name]  # no temp files left behind
+
+
+def test_unwritable_cache_only_warns(tmp_path: Path, jpegs: dict[str, list[bytes]]) -> None:
+    (tmp_path / "not-a-dir").write_text("file in the way")
+    with pytest.warns(UserWarning, match="could not write dataset cache"):
+        data = load_dataset(write_tree(tmp_path / "t", two_classes(jpegs)), cache_dir=tmp_path / "not-a-dir")
+    assert len(data) == 6
+
+
+def test_process_pool_matches_in_process_decoding(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, sample: ImageData
+) -> None:
+    monkeypatch.setattr(_decode, "POOL_MIN_FILES", 0)
+    monkeypatch.setattr(_decode, "CHUNK_FILES", 300)
+    pooled = load_dataset("sample", cache_dir=tmp_path)
+    assert torch.equal(pooled.images, sample.images) and torch.equal(pooled.labels, sample.labels)
+
+
+# ---------------------------------------------------------------- ImageData
+
+
+def test_subset_and_device_tensors(sample: ImageData) -> None:
+    idx = np.array([5, 0, 3999])
+    for index in (idx, torch.from_numpy(idx), idx.tolist()):
+        part = sample.subset(index)
+        assert torch.equal(part.images, sample.images[idx]) and part.images.is_contiguous()
+        assert part.labels.tolist() == sample.labels[idx].tolist() and part.classes == sample.classes
+        assert part.digest != sample.digest and "3 of 4000" in part.source
+    mask = sample.labels == 2
+    assert len(sample.subset(mask)) == 400 and len(sample.subset(mask.numpy())) == 400
+    images, labels = to_device_tensors(sample, idx, "cpu")
+    assert images.dtype == torch.uint8 and labels.dtype == torch.int64
+    assert torch.equal(images, sample.images[idx]) and labels.device.type == "cpu"
+
+
+def test_image_data_validates_shapes() -> None:
+    with data_error("labels must be int64"):
+        ImageData(
+            torch.zeros(2, 3, 4, 4, dtype=torch.uint8),
+            torch.zeros(3, dtype=torch.int64),
+            ("a", "b"),
+            "t",
+            "d",
+        )
+    with data_error("labels must lie in 0..1"):
+        ImageData(torch.zeros(1, 3, 4, 4, dtype=torch.uint8), torch.tensor([2]), ("a", "b"), "t", "d")
+
+
+# ---------------------------------------------------------------- splits
+
+
+def _per_class(labels: np.ndarray, idx: np.ndarray, k: int) -> list[int]:
+    return np.bincount(labels[idx], minlength=k).tolist()
+
+
+def test_splits_are_exactly_stratified_and_disjoint(sample: ImageData) -> None:
+    labels = sample.labels.numpy()
+    splits = make_splits(sample, train_size=1000, val_size=500, test_size=300, seed=3)
+    assert _per_class(labels, splits.train, 10) == [100] * 10
+    assert _per_class(labels, splits.val, 10) == [50] * 10
+    assert _per_class(labels, splits.test, 10) == [30] * 10
+    assert splits.summary() == {"train": 1000, "val": 500, "test": 300, "unlabeled": 2200}
+    together = np.concatenate([splits.train, splits.val, splits.test, splits.unlabeled])
+    assert np.array_equal(np.sort(together), np.arange(4000))
+    assert all(
+        np.array_equal(a, np.sort(a)) and a.dtype == np.int64 for a in (splits.train, splits.unlabeled)
+    )
+
+
+def test_unbalanced_classes_get_floor_or_ceil_shares() -> None:
+    labels = np.repeat(np.arange(4), [50, 30, 15, 5])
+    splits = make_splits(torch.from_numpy(labels), train_size=37, val_size=21, test_size=13, seed=1)
+    for part, size in ((splits.train, 37), (splits.val, 21), (splits.test, 13)):
+        quota = size * np.array([50, 30, 15, 5]) / 100
+        counts = np.array(_per_class(labels, part, 4))
+        assert counts.sum() == size and (np.floor(quota) <= counts).all() and (counts <= np.ceil(quota)).all()
+
+
+def test_seeds_reproduce_and_differ(sample: ImageData) -> None:
+    def make(seed: int) -> Splits:
+        return make_splits(sample.labels, train_size=400, val_size=200, seed=seed)
+
+    assert make(7) == make(7)
+    assert not np.array_equal(make(7).train, make(8).train)
+    assert make(7).seed == 7
+
+
+def test_unlabeled_size_takes_part_of_the_rest(sample: ImageData) -> None:
+    full = make_splits(sample.labels, train_size=400, val_size=100, seed=2)
+    part = make_splits(sample.labels, train_size=400, val_size=100, seed=2, unlabeled_size=123)
+    assert len(part.unlabeled) == 123 and np.isin(part.unlabeled, full.unlabeled).all()
+    assert np.array_equal(part.train, full.train)
+
+
+def test_split_sizes_beyond_the_data_are_rejected(sample: ImageData) -> None:
+    with data_error(r"^train_size\+val_size\+test_size = 6000 exceeds the 4000 images in bundled sample"):
+        make_splits(sample, train_size=3000, val_size=2000, test_size=1000)
+    with data_error(r"train_size\+val_size\+test_size\+unlabeled_size = 4001 exceeds the 4000 images"):
+        make_splits(sample.labels, train_size=1000, val_size=0, unlabeled_size=3001)
+    with data_error("val_size must be a non-negative integer, got -1"):
+        make_splits(sample.labels, train_size=10, val_size=-1)
+    with data_error("no labels to split"):
+        make_splits(np.array([], np.int64), train_size=0, val_size=0)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    counts=st.lists(st.integers(1, 40), min_size=2, max_size=8),
+    fractions=st.lists(st.floats(0, 1), min_size=3, max_size=3),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_split_properties(counts: list[int], fractions: list[float], seed: int) -> None:
+    labels = np.repeat(np.arange(len(counts)), counts)
+    n = len(labels)
+    train, val, test = (int(f * n / 2 / 3) for f in fractions)  # at most half the data in all
+    splits = make_splits(labels, train_size=train, val_size=val, test_size=test, seed=seed)
+    assert splits == make_splits(labels, train_size=train, val_size=val, test_size=test, seed=seed)
+    assert np.array_equal(
+        np.sort(np.concatenate([splits.train, splits.val, splits.test, splits.unlabeled])), np.arange(n)
+    )
+    for part, size in ((splits.train, train), (splits.val, val), (splits.test, test)):
+        quota = size * np.array(counts) / n
+        per_class = np.array(_per_class(labels, part, len(counts)))
+        assert per_class.sum() == size
+        assert (np.floor(quota) <= per_class).all() and (per_class <= np.ceil(quota)).all()
+
+
+def test_splits_json_round_trip(tmp_path: Path, sample: ImageData) -> None:
+    splits = make_splits(sample, train_size=400, val_size=100, test_size=50, seed=11)
+    splits.save(tmp_path / "splits.json")
+    assert Splits.load(tmp_path / "splits.json") == splits
+    assert Splits.from_dict(json.loads(json.dumps(splits.to_dict()))) == splits
+    assert json.loads((tmp_path / "splits.json").read_text())["seed"] == 11
+
+
+def test_malformed_splits_are_rejected(tmp_path: Path) -> None:
+    good = {"seed": 0, "train": [0, 1], "val": [2], "test": [], "unlabeled": [3]}
+    with data_error("missing field 'val'"):
+        Splits.from_dict({k: v for k, v in good.items() if k != "val"})
+    with data_error("splits overlap"):
+        Splits.from_dict(good | {"test": [1]})
+    with data_error("split 'train' must be a 1-D array of non-negative integers"):
+        Splits.from_dict(good | {"train": [0.5]})
+    with data_error("seed must be an integer, got '0'"):
+        Splits.from_dict(good | {"seed": "0"})
+    with data_error("cannot read splits from .*missing.json"):
+        Splits.load(tmp_path / "missing.json")
+    (tmp_path / "bad.json").write_text("{not json")
+    with data_error("cannot read splits from .*bad.json"):
+        Splits.load(tmp_path / "bad.json")
+
+
+def test_kfold_holds_out_each_index_exactly_once(sample: ImageData) -> None:
+    labels = sample.labels.numpy()
+    indices = make_splits(labels, train_size=503, val_size=0, seed=4).train
+    folds = stratified_kfold(indices, sample.labels, k=5, seed=9)
+    held = np.concatenate([h for _, h in folds])
+    assert np.array_equal(np.sort(held), indices)
+    for fit, heldout in folds:
+        assert np.array_equal(np.sort(np.concatenate([fit, heldout])), indices)
+    sizes = [len(h) for _, h in folds]
+    assert max(sizes) - min(sizes) <= 1
+    per_class = np.array([_per_class(labels, h, 10) for _, h in folds])
+    assert (per_class.max(axis=0) - per_class.min(axis=0) <= 1).all()
+    again = stratified_kfold(indices, labels, k=5, seed=9)
+    assert all(np.array_equal(a[1], b[1]) for a, b in zip(folds, again, strict=True))
+    with data_error("k must be between 2 and the 503 indices, got 1"):
+        stratified_kfold(indices, labels, k=1)
+
+
+# ---------------------------------------------------------------- the full shared zip
+
+
+@pytest.mark.slow
+@needs_shared
+def test_subset_of_shared_zip_matches_pillow(tmp_path: Path) -> None:
+    with zipfile.ZipFile(SHARED) as archive:
+        names = [
+            n
+            for n in sorted(archive.namelist())
+            if n.endswith(".jpg") and n.split("/")[1] in ("frog", "ship")
+        ]
+        files = {name: archive.read(name) for name in names[:20] + names[-20:]}
+    data = load_dataset(write_zip(tmp_path / "part.zip", files))
+    expected = np.stack([np.asarray(decoded(files[name])).transpose(2, 0, 1) for name in sorted(files)])
+    assert data.classes == ("frog", "ship") and np.array_equal(data.images.numpy(), expected)
+
+
+@pytest.mark.slow
+@needs_shared
+def test_full_shared_zip_decodes_once_then_loads_from_cache(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(ROOT)
+    data = load_dataset("cifar10-jpeg", cache_dir=tmp_path)
+    assert data.images.shape == (50000, 3, 32, 32) and data.classes == CIFAR_CLASSES
+    assert data.labels.bincount().tolist() == [5000] * 10 and data.digest == SHARED_SHA256
+    _forbid_decoding(monkeypatch)
+    start = time.perf_counter()
+    again = load_dataset("cifar10-jpeg", cache_dir=tmp_path)
+    assert time.perf_counter() - start < 3.0  # ~0.4 s measured; generous for loaded CI machines
+    assert torch.equal(again.images, data.images)
+    splits = make_splits(again, train_size=4000, val_size=1000, test_size=5000, seed=0)
+    assert _per_class(again.labels.numpy(), splits.train, 10) == [400] * 10
