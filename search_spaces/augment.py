@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from .ops import BATCH_OPS, OPS, OpContext, affine_matrices, uniform, warp
+from .ops import BATCH_OPS, GEOMETRIC, OPS, OpContext, affine_matrices, uniform, warp
 from .policy import Policy, load_policy
 
 __all__ = ["Augmenter", "Plan", "OP_NAMES"]
@@ -67,7 +67,6 @@ class Augmenter(nn.Module):
             "op_hi": torch.tensor([s.bounds[1] if s.bounds else 0.0 for s in specs]),
             "op_id": torch.tensor([s.identity or 0.0 for s in specs]),
             "op_int": torch.tensor([s.integer for s in specs]),
-            "op_geo": torch.tensor([s.geometric for s in specs]),
         }
         if p.type == "subpolicy_choice":
             width = max(len(sp) for sp in p.subpolicies)
@@ -143,27 +142,31 @@ class Augmenter(nn.Module):
         ops, values = plan.ops.to(out.device), plan.values.to(out.device, out.dtype)
         h, w = out.shape[-2:]
         for stage_ops, stage_values in zip(ops, values, strict=True):
-            present = torch.unique(stage_ops).tolist()
-            geometric = [k for k in present if k >= 0 and OPS[OP_NAMES[k]].geometric]
+            kernels, geometric = self._groups(stage_ops)
             if geometric:
-                is_geo = self._on(out.device)["op_geo"][stage_ops.clamp(min=0)] & (stage_ops >= 0)
-                idx = torch.nonzero(is_geo).squeeze(1)
-                sub_ops, sub_values = stage_ops[idx], stage_values[idx]
-                matrices = torch.zeros(idx.numel(), 2, 3, dtype=out.dtype, device=out.device)
-                for k in geometric:
-                    sel = sub_ops == k
-                    matrices[sel] = affine_matrices(OP_NAMES[k], sub_values[sel], h, w)
+                idx = torch.cat([i for _, i in geometric])
+                kind = torch.cat([torch.full_like(i, GEOMETRIC.index(OP_NAMES[k])) for k, i in geometric])
+                matrices = affine_matrices(kind, stage_values[idx], h, w)
                 out.index_copy_(0, idx, warp(out[idx], matrices, ctx))
-            for k in present:
-                if k < 0 or k in geometric:
-                    continue
-                idx = torch.nonzero(stage_ops == k).squeeze(1)
+            for k, idx in kernels:
                 kernel = OPS[OP_NAMES[k]].kernel
                 if idx.numel() == out.shape[0]:
                     out = kernel(out, stage_values, ctx)
                 else:
                     out.index_copy_(0, idx, kernel(out[idx], stage_values[idx], ctx))
         return out.mul_(255.0).round_().to(torch.uint8) if is_uint8 else out
+
+    @staticmethod
+    def _groups(stage_ops: Tensor) -> tuple[list[tuple[int, Tensor]], list[tuple[int, Tensor]]]:
+        """Sample indices per op (one host sync per stage), split into kernel ops and geometric ops."""
+        order = torch.argsort(stage_ops, stable=True)
+        counts = torch.bincount(stage_ops + 1, minlength=len(OP_NAMES) + 1).tolist()
+        kernels, geometric, start = [], [], counts[0]  # counts[0]: samples without an op
+        for k, count in enumerate(counts[1:]):
+            if count:
+                (geometric if OPS[OP_NAMES[k]].geometric else kernels).append((k, order[start:start + count]))
+                start += count
+        return kernels, geometric
 
     def forward(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
         """Augment ``x``; every sample draws its own ops and magnitudes."""
