@@ -1,0 +1,263 @@
+"""``policy-search`` command line: run, resume, status, export and preview campaigns.
+
+``policy-search run`` with no arguments is the quick-start (bundled CIFAR-10 sample, a few minutes on 2
+CPU cores). Expected errors print one red line ``error: ...`` and exit with status 2 (``--debug`` shows the
+traceback instead). Nothing imports this module.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="Search data-augmentation policies with Ray Tune + Optuna.")
+console = Console()
+err_console = Console(stderr=True)
+
+Debug = Annotated[bool, typer.Option("--debug", help="Show tracebacks for errors.")]
+Output = Annotated[Path, typer.Option("--output", "-o", help="Folder holding campaigns.")]
+
+
+def _expected_errors() -> tuple[type[BaseException], ...]:
+    from search_spaces import PolicyError
+    from search_spaces.export import ExportError
+    from trainers.data import DataError
+
+    from .campaign import CampaignError
+    from .config import ConfigError
+
+    return ConfigError, PolicyError, DataError, ExportError, CampaignError, FileNotFoundError
+
+
+def _guard(debug: bool, fn: Callable[[], Any]) -> Any:
+    """Run ``fn``; expected errors become one red line and exit code 2 unless ``debug``."""
+    try:
+        return fn()
+    except _expected_errors() as exc:
+        if debug:
+            raise
+        message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        err_console.print(f"error: {message}", style="red", markup=False, highlight=False, soft_wrap=True)
+        raise typer.Exit(2) from None
+
+
+def _campaign_folder(campaign: str, output: Path) -> Path:
+    from .campaign import CampaignError
+
+    path = Path(campaign)
+    for candidate in (path, output / campaign):
+        if (candidate / "config.yaml").is_file():
+            return candidate.resolve()
+    raise CampaignError(f"no campaign '{campaign}' (looked in {path} and {output / campaign})")
+
+
+def _quiet_libraries() -> None:
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+class _ProgressView:
+    """A rich progress bar fed by the campaign's study poller: trials done/total, best so far, ETA."""
+
+    def __init__(self, total: int) -> None:
+        self.bar = Progress(TextColumn("[bold]trials"), BarColumn(), MofNCompleteColumn(),
+                            TextColumn("best {task.fields[best]}"), TextColumn("running {task.fields[running]}"),
+                            TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), console=console)
+        self.task = self.bar.add_task("trials", total=total, best="-", running=0)
+
+    def __enter__(self) -> _ProgressView:
+        self.bar.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.bar.stop()
+
+    def __call__(self, p: Any) -> None:
+        self.bar.update(self.task, completed=p.done, total=p.total, running=p.running,
+                        best="-" if p.best is None else f"{p.best:.4f}")
+
+
+def _report(result: Any) -> None:
+    counts = ", ".join(f"{k.lower()} {v}" for k, v in result.counts.items())
+    best = "none (no trial completed)" if result.best_score is None else f"{result.best_score:.4f}"
+    console.print(f"[bold green]done[/] in {result.wall_s:.0f} s: {counts}; best val_acc {best}")
+    for key in ("best_policy", "history_png", "importances_png", "preview_png", "trials", "summary"):
+        if key in result.files:
+            console.print(f"  {key:16s} {result.files[key]}")
+
+
+@app.command()
+def run(
+    config: Annotated[Path | None, typer.Option("--config", "-c", help="YAML campaign config.")] = None,
+    name: Annotated[str | None, typer.Option(help="Campaign name (folder under --output).")] = None,
+    dataset: Annotated[str | None, typer.Option(help="'sample', 'cifar10-jpeg' or a folder/zip/npz.")] = None,
+    space: Annotated[str | None, typer.Option(help="randaugment | autoaugment | custom.")] = None,
+    objective: Annotated[str | None, typer.Option(help="proxy | density.")] = None,
+    sampler: Annotated[str | None, typer.Option(help="tpe | random | grid.")] = None,
+    trials: Annotated[int | None, typer.Option("--trials", "-n", help="Number of trials.")] = None,
+    max_concurrent: Annotated[int | None, typer.Option(help="Trials running at once.")] = None,
+    epochs: Annotated[int | None, typer.Option(help="Proxy epochs per trial.")] = None,
+    width: Annotated[int | None, typer.Option(help="Proxy model width.")] = None,
+    train_size: Annotated[int | None, typer.Option(help="Training images.")] = None,
+    val_size: Annotated[int | None, typer.Option(help="Validation images.")] = None,
+    cpus_per_trial: Annotated[float | None, typer.Option(help="CPUs per trial.")] = None,
+    gpus_per_trial: Annotated[float | None, typer.Option(help="GPU (fraction) per trial.")] = None,
+    seed: Annotated[int | None, typer.Option(help="Seed for splits, sampler and training.")] = None,
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="Folder holding campaigns.")] = None,
+    storage: Annotated[str | None, typer.Option(help="Optuna storage URL (default SQLite in the folder).")] = None,
+    address: Annotated[str | None, typer.Option(help="Join this Ray cluster (default: local Ray).")] = None,
+    baseline: Annotated[list[str] | None, typer.Option(help="Preset enqueued as a first trial (repeatable).")] = None,
+    top_k: Annotated[int | None, typer.Option(help="Policies kept in top_k/.")] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+    debug: Debug = False,
+) -> None:
+    """Run a campaign (no options: the quick-start on the bundled sample)."""
+
+    def go() -> None:
+        from .campaign import run_campaign
+        from .config import load_config
+
+        overrides = {"name": name, "dataset": dataset, "space": space, "objective": objective, "sampler": sampler,
+                     "num_trials": trials, "max_concurrent": max_concurrent, "proxy.epochs": epochs,
+                     "proxy.width": width, "train_size": train_size, "val_size": val_size,
+                     "resources.cpu": cpus_per_trial, "resources.gpu": gpus_per_trial, "seed": seed,
+                     "output": str(output) if output else None, "storage": storage, "ray_address": address,
+                     "baselines": baseline or None, "top_k": top_k}
+        cfg = load_config(config, overrides)
+        _quiet_libraries()
+        console.print(f"campaign [bold]{cfg.name}[/]: {cfg.num_trials} trials, {cfg.space} space, "
+                      f"{cfg.objective} objective, {cfg.sampler} sampler -> {cfg.folder}")
+        if quiet:
+            result = run_campaign(cfg)
+        else:
+            with _ProgressView(cfg.num_trials) as view:
+                result = run_campaign(cfg, on_progress=view)
+        _report(result)
+
+    _guard(debug, go)
+
+
+@app.command()
+def resume(
+    campaign: Annotated[str, typer.Argument(help="Campaign name or folder.")],
+    output: Output = Path("results"),
+    address: Annotated[str | None, typer.Option(help="Join this Ray cluster.")] = None,
+    retry_errored: Annotated[bool, typer.Option(help="Re-run trials that errored.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
+    debug: Debug = False,
+) -> None:
+    """Finish an interrupted campaign (stale RUNNING trials are marked FAIL first)."""
+
+    def go() -> None:
+        from .campaign import load_campaign_config, resume_campaign
+
+        folder = _campaign_folder(campaign, output)
+        total = load_campaign_config(folder).num_trials
+        _quiet_libraries()
+        kwargs = {"resume_errored": retry_errored, "ray_address": address}
+        if quiet:
+            result = resume_campaign(folder, **kwargs)
+        else:
+            with _ProgressView(total) as view:
+                result = resume_campaign(folder, on_progress=view, **kwargs)
+        _report(result)
+
+    _guard(debug, go)
+
+
+@app.command()
+def status(
+    campaign: Annotated[str, typer.Argument(help="Campaign name or folder.")],
+    output: Output = Path("results"),
+    debug: Debug = False,
+) -> None:
+    """Show a campaign's trials (from trials.csv, or the live study while it runs)."""
+
+    def go() -> None:
+        import pandas as pd
+
+        from .campaign import load_campaign_config, load_study
+
+        folder = _campaign_folder(campaign, output)
+        cfg = load_campaign_config(folder)
+        if (folder / "trials.csv").is_file():
+            df = pd.read_csv(folder / "trials.csv")
+            source = "trials.csv"
+        else:
+            raw = load_study(cfg).trials_dataframe(attrs=("number", "value", "state", "params", "duration"))
+            df = raw.rename(columns={"value": "val_acc", "state": "status"})
+            df.columns = [c.replace("params_", "param_") for c in df.columns]
+            source = "study (running)"
+        params = [c for c in df.columns if c.startswith("param_")]
+        table = Table(title=f"{cfg.name}: {len(df)}/{cfg.num_trials} trials ({source})")
+        for col in ["number", "status", "val_acc", *params]:
+            table.add_column(col.removeprefix("param_"), justify="right")
+        for _, row in df.iterrows():
+            table.add_row(*[_cell(row.get(c)) for c in ["number", "status", "val_acc", *params]])
+        console.print(table)
+        if (folder / "summary.json").is_file():
+            summary = json.loads((folder / "summary.json").read_text())
+            console.print(f"best val_acc {summary['best_score']} (trial {summary['best_trial']}); "
+                          f"counts {summary['counts']}; wall {summary['wall_s']} s")
+
+    _guard(debug, go)
+
+
+def _cell(value: Any) -> str:
+    if value is None or (isinstance(value, float) and value != value):
+        return "-"
+    return f"{value:.4f}" if isinstance(value, float) and not float(value).is_integer() else str(value)
+
+
+@app.command()
+def export(
+    campaign: Annotated[str, typer.Argument(help="Campaign name or folder.")],
+    top: Annotated[int, typer.Option(help="How many ranked policies.")] = 3,
+    fmt: Annotated[str, typer.Option("--format", "-f", help="json | torchvision | timm.")] = "json",
+    out: Annotated[Path | None, typer.Option(help="Target folder (default <campaign>/export/<format>).")] = None,
+    output: Output = Path("results"),
+    debug: Debug = False,
+) -> None:
+    """Export the top policies of a campaign."""
+
+    def go() -> None:
+        from .export import export_campaign
+
+        for path in export_campaign(_campaign_folder(campaign, output), top=top, fmt=fmt, out=out):
+            console.print(str(path))
+
+    _guard(debug, go)
+
+
+@app.command()
+def preview(
+    policy: Annotated[str, typer.Argument(help="Policy JSON file or preset name.")],
+    out: Annotated[Path, typer.Option(help="PNG to write.")] = Path("preview.png"),
+    dataset: Annotated[str, typer.Option(help="Images to augment.")] = "sample",
+    n: Annotated[int, typer.Option(help="Images per row.")] = 8,
+    seed: Annotated[int, typer.Option(help="Augmentation seed.")] = 0,
+    debug: Debug = False,
+) -> None:
+    """Render a grid of images augmented by a policy."""
+
+    def go() -> None:
+        from search_spaces import load_policy
+        from trainers.data import load_dataset
+
+        from .export import preview_policy
+
+        loaded = load_policy(policy)
+        images = load_dataset(dataset).images
+        step = max(1, len(images) // n)
+        console.print(str(preview_policy(loaded, images[::step][:n], out, n=n, seed=seed)))
+
+    _guard(debug, go)

@@ -1,0 +1,249 @@
+"""Campaign configuration: one validated pydantic model, loaded from YAML and overridden by CLI flags.
+
+The defaults are the quick-start (bundled 4,000-image CIFAR-10 sample, a small proxy CNN, a handful of
+trials) and finish in a few minutes on 2 CPU cores. Every validation error becomes a :class:`ConfigError`
+with one line naming the field, e.g. ``num_trials: must be >= 1, got 0``.
+
+Storage: ``None`` means SQLite in the campaign folder. A ``postgresql+psycopg2://user@host/db`` URL may
+leave the password out; it is then read from ``$POLICY_SEARCH_DB_PASSWORD``. Passwords are never written
+to the results (:meth:`CampaignConfig.public_dict` masks them).
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from search_spaces import PolicyError
+from search_spaces.spaces import SPACES_BY_NAME, baseline_params, grid_space
+
+__all__ = ["CampaignConfig", "ProxyBudget", "Resources", "ConfigError", "load_config", "PASSWORD_ENV"]
+
+PASSWORD_ENV = "POLICY_SEARCH_DB_PASSWORD"
+
+
+class ConfigError(ValueError):
+    """An invalid campaign configuration; the message is one line naming the field."""
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class Resources(_Model):
+    """Ray resources for one trial."""
+
+    cpu: float = Field(1.0, gt=0)
+    gpu: float = Field(0.0, ge=0)
+
+    @field_validator("gpu")
+    @classmethod
+    def _gpu_fraction(cls, v: float) -> float:
+        if v > 1 and not float(v).is_integer():
+            raise ValueError(f"must be a fraction <= 1 or a whole number, got {v}")
+        return v
+
+
+class ProxyBudget(_Model):
+    """Fields of ``trainers.proxy.ProxyConfig`` (the seed comes from the campaign)."""
+
+    model: str = "proxy"
+    width: int = Field(16, ge=1)
+    depth: int = Field(1, ge=1)
+    epochs: int = Field(5, ge=1)
+    batch_size: int = Field(128, ge=1)
+    lr: float = Field(0.2, gt=0)
+    weight_decay: float = Field(5e-4, ge=0)
+    label_smoothing: float = Field(0.1, ge=0, lt=1)
+    base_augment: bool = True
+
+
+class CampaignConfig(_Model):
+    """Everything one campaign needs; see the module docstring for storage and secrets."""
+
+    name: str = "quickstart"
+    dataset: str = "sample"
+    train_size: int = Field(2000, ge=10)
+    val_size: int = Field(1000, ge=10)
+    space: Literal["randaugment", "autoaugment", "custom"] = "randaugment"
+    space_options: dict[str, Any] = Field(default_factory=dict)
+    objective: Literal["proxy", "density"] = "proxy"
+    density_k: int = Field(2, ge=2)
+    sampler: Literal["tpe", "random", "grid"] = "tpe"
+    num_trials: int = Field(10, ge=1)
+    max_concurrent: int = Field(2, ge=1)
+    resources: Resources = Field(default_factory=Resources)
+    proxy: ProxyBudget = Field(default_factory=ProxyBudget)
+    seed: int = Field(0, ge=0)
+    output: Path = Path("results")
+    storage: str | None = None
+    ray_address: str | None = None
+    num_cpus: int | None = Field(None, ge=1)  # local Ray only; None: all cores
+    baselines: list[str] | None = None  # None: the space's natural baseline (RandAugment(2, 9) for randaugment)
+    top_k: int = Field(3, ge=1)
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}", v):
+            raise ValueError(f"must be letters, digits, '_', '.', '-' (a folder name), got {v!r}")
+        return v
+
+    @field_validator("storage")
+    @classmethod
+    def _storage(cls, v: str | None) -> str | None:
+        if v is not None and not re.match(r"^(sqlite|postgresql(\+\w+)?|mysql(\+\w+)?)://", v):
+            raise ValueError(f"must be a sqlite://, postgresql:// or mysql:// URL, got {_mask(v)!r}")
+        return v
+
+    @model_validator(mode="after")
+    def _consistent(self) -> CampaignConfig:
+        fn = SPACES_BY_NAME[self.space]
+        allowed = set(inspect.signature(fn).parameters) - {"trial"}
+        for key in self.space_options:
+            if key not in allowed:
+                raise ValueError(f"space_options.{key}: unknown option for the {self.space} space "
+                                 f"(known: {', '.join(sorted(allowed))})")
+        if self.space == "custom" and not self.space_options.get("ops"):
+            raise ValueError("space_options.ops: the custom space needs {op: [low, high]} entries")
+        if self.space == "custom":
+            for op, rng in self.space_options["ops"].items():
+                if not (isinstance(rng, list | tuple) and len(rng) == 2 and 0 <= rng[0] <= rng[1] <= 1):
+                    raise ValueError(f"space_options.ops.{op}: needs a level range [low, high] within [0, 1]")
+        try:
+            from search_spaces.spaces import _check_ops
+
+            if "ops" in self.space_options:
+                _check_ops(list(self.space_options["ops"]), "space_options.ops")
+            if self.sampler == "grid":
+                grid_space(self.space, **self.space_options)
+            for i, name in enumerate(self.resolved_baselines()):
+                try:
+                    baseline_params(self.space, name, **self.space_options)
+                except PolicyError as exc:
+                    raise PolicyError(f"baselines[{i}]: {str(exc).split(': ', 1)[-1]}") from None
+        except PolicyError as exc:
+            raise ValueError(str(exc)) from None
+        if self.max_concurrent > self.num_trials:
+            self.__dict__["max_concurrent"] = self.num_trials
+        return self
+
+    # -- derived values ------------------------------------------------------------------------------------
+
+    def resolved_baselines(self) -> list[str]:
+        """The presets enqueued as the first trials."""
+        if self.baselines is not None:
+            return list(self.baselines)
+        return ["randaugment"] if self.space == "randaugment" and not self.space_options else []
+
+    @property
+    def folder(self) -> Path:
+        """Absolute campaign folder ``<output>/<name>``."""
+        return (self.output / self.name).resolve()
+
+    def storage_url(self) -> str:
+        """The Optuna storage URL with the password from ``$POLICY_SEARCH_DB_PASSWORD`` filled in."""
+        if self.storage is None:
+            return f"sqlite:///{self.folder / 'study.db'}"
+        from sqlalchemy.engine import make_url
+
+        url = make_url(self.storage)
+        if url.password is None and os.environ.get(PASSWORD_ENV):
+            url = url.set(password=os.environ[PASSWORD_ENV])
+        return url.render_as_string(hide_password=False)
+
+    def public_dict(self) -> dict[str, Any]:
+        """JSON-ready config with secrets masked (what goes into the results)."""
+        d = self.model_dump(mode="json")
+        d["storage"] = _strip_password(self.storage) if self.storage else None
+        return d
+
+
+def _mask(url: str) -> str:
+    try:
+        from sqlalchemy.engine import make_url
+
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # not a parsable URL: drop anything that looks like user:password@
+        return re.sub(r"//[^@/]*@", "//***@", url)
+
+
+def _strip_password(url: str) -> str:
+    """The URL without its password (resume reads it from the environment again)."""
+    try:
+        from sqlalchemy.engine import make_url
+
+        return make_url(url).set(password=None).render_as_string(hide_password=False)
+    except Exception:
+        return _mask(url)
+
+
+def _one_line(exc: ValidationError) -> str:
+    err = exc.errors()[0]
+    loc = ".".join(str(p) for p in err["loc"])
+    ctx, kind, got = err.get("ctx") or {}, err["type"], err.get("input")
+    bounds = {"greater_than_equal": (">=", "ge"), "greater_than": (">", "gt"),
+              "less_than_equal": ("<=", "le"), "less_than": ("<", "lt")}
+    if kind in bounds:
+        op, key = bounds[kind]
+        bound = ctx[key]
+        msg = f"must be {op} {bound:g}, got {got!r}" if isinstance(bound, int | float) else f"must be {op} {bound}"
+    elif kind == "extra_forbidden":
+        msg = "unknown field"
+    elif kind == "literal_error":
+        msg = f"must be one of {ctx.get('expected')}, got {got!r}"
+    elif kind == "value_error":
+        msg = str(ctx.get("error", err["msg"]))
+        if not loc and ": " in msg:  # model-level check that names its own field
+            return msg.replace("\n", " ")
+    else:
+        msg = f"{err['msg'].lower()}, got {got!r}" if "input" in err else err["msg"].lower()
+    return f"{loc or 'config'}: {msg}".replace("\n", " ")
+
+
+def _set_dotted(d: dict[str, Any], key: str, value: Any) -> None:
+    parts = key.split(".")
+    for p in parts[:-1]:
+        d = d.setdefault(p, {})
+        if not isinstance(d, dict):
+            raise ConfigError(f"{key}: {p} is not a section")
+    d[parts[-1]] = value
+
+
+def load_config(path: str | os.PathLike | None = None, overrides: Mapping[str, Any] | None = None,
+                **kw: Any) -> CampaignConfig:
+    """Load a YAML config (``yaml.safe_load``), apply ``overrides`` (dotted keys, e.g. ``proxy.epochs``)
+    and keyword overrides, and validate. ``None`` values in overrides are skipped (unset CLI flags)."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config: no such file {p}")
+        try:
+            loaded = yaml.safe_load(p.read_text())
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"config: {p} is not valid YAML ({str(exc).splitlines()[0]})") from None
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ConfigError(f"config: {p} must hold a mapping, got {type(loaded).__name__}")
+        data = loaded or {}
+    for key, value in {**(overrides or {}), **kw}.items():
+        if value is not None:
+            _set_dotted(data, key, value)
+    return validate_config(data)
+
+
+def validate_config(data: Mapping[str, Any] | CampaignConfig) -> CampaignConfig:
+    """A validated :class:`CampaignConfig`, or :class:`ConfigError` with one line."""
+    if isinstance(data, CampaignConfig):
+        data = data.model_dump()
+    try:
+        return CampaignConfig.model_validate(dict(data))
+    except ValidationError as exc:
+        raise ConfigError(_one_line(exc)) from None

@@ -1,0 +1,179 @@
+"""Optuna define-by-run search spaces over augmentation policies, and the way back to a :class:`Policy`.
+
+Each space is a module-level function ``space(trial, **options)`` that only *suggests* parameters (so it can
+be pickled into an ``OptunaSearch`` checkpoint, directly or through ``functools.partial``); the flat
+``params`` dict that Optuna and Ray Tune hold is turned into a policy by :func:`policy_from_params` with the
+same options. Parameter names never contain ``/`` (Tune would nest them).
+
+* ``randaugment``: ``num_ops`` in 1..max_n and ``magnitude`` bin in 0..num_bins-1 (RandAugment(N, M)).
+* ``autoaugment``: ``num_subpolicies`` x ``ops_per_subpolicy`` slots; slot ``s{i}_{j}`` has an op
+  (categorical), a probability in {0, 0.1, ..., 1} and, for ops with a magnitude, a level bin in 0..10.
+* ``custom``: the user lists ops with a level range ``(low, high)`` in [0, 1]; each op gets a probability
+  in {0, 0.1, ..., 1} and (ops with a magnitude) a level in its range; the policy applies them in order.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import optuna
+
+from .magnitudes import _AA_OPS, RAND_AUGMENT_OPS, op_at_level, rand_augment
+from .ops import OPS
+from .policy import OpConfig, Policy, PolicyError, preset
+
+__all__ = ["randaugment", "autoaugment", "custom", "policy_from_params", "baseline_params", "grid_space",
+           "SPACES_BY_NAME", "AUTOAUGMENT_OPS", "LEVEL_BINS"]
+
+AUTOAUGMENT_OPS: tuple[str, ...] = _AA_OPS
+LEVEL_BINS = 10  # autoaugment levels are bins 0..LEVEL_BINS (level = bin / LEVEL_BINS)
+_TV = {"interpolation": "nearest"}  # torchvision's AutoAugment/RandAugment rendering
+
+
+def _check_ops(ops: Sequence[str], where: str) -> tuple[str, ...]:
+    ops = tuple(ops)
+    if not ops:
+        raise PolicyError(f"{where}: needs at least one op")
+    for op in ops:
+        if op not in OPS:
+            raise PolicyError(f"{where}: unknown op '{op}' (known: {', '.join(OPS)})")
+    return ops
+
+
+# ---------------------------------------------------------------------------------------------
+# Spaces
+
+
+def randaugment(trial: optuna.Trial, ops: Sequence[str] = RAND_AUGMENT_OPS, max_n: int = 3,
+                num_bins: int = 31) -> None:
+    """RandAugment(N, M): ``num_ops`` in 1..max_n, ``magnitude`` in 0..num_bins-1."""
+    trial.suggest_int("num_ops", 1, max_n)
+    trial.suggest_int("magnitude", 0, num_bins - 1)
+
+
+def autoaugment(trial: optuna.Trial, num_subpolicies: int = 5, ops_per_subpolicy: int = 2,
+                ops: Sequence[str] = AUTOAUGMENT_OPS) -> None:
+    """AutoAugment-style sub-policies: per slot an op, a probability (step 0.1) and a level bin (0..10)."""
+    ops = tuple(ops)
+    for i in range(num_subpolicies):
+        for j in range(ops_per_subpolicy):
+            op = trial.suggest_categorical(f"s{i}_{j}_op", ops)
+            trial.suggest_float(f"s{i}_{j}_p", 0.0, 1.0, step=0.1)
+            if OPS[op].has_magnitude:
+                trial.suggest_int(f"s{i}_{j}_m", 0, LEVEL_BINS)
+
+
+def custom(trial: optuna.Trial, ops: Mapping[str, Sequence[float]]) -> None:
+    """User-listed ops applied in order: ``{op}_p`` (step 0.1) and ``{op}_level`` in the op's (low, high)."""
+    for op, (low, high) in ops.items():
+        trial.suggest_float(f"{op}_p", 0.0, 1.0, step=0.1)
+        if OPS[op].has_magnitude:
+            if low == high:
+                continue  # fixed level: nothing to search
+            trial.suggest_float(f"{op}_level", float(low), float(high))
+
+
+SPACES_BY_NAME: dict[str, Callable[..., None]] = {
+    "randaugment": randaugment, "autoaugment": autoaugment, "custom": custom,
+}
+
+
+# ---------------------------------------------------------------------------------------------
+# Params -> Policy
+
+
+def _param(params: Mapping[str, Any], key: str) -> Any:
+    if key not in params:
+        raise PolicyError(f"params.{key}: missing")
+    return params[key]
+
+
+def policy_from_params(space: str, params: Mapping[str, Any], **space_options: Any) -> Policy:
+    """Rebuild the policy that ``params`` (a flat Optuna/Tune dict) encodes in ``space``.
+
+    Extra keys in ``params`` are ignored, so a Tune config with constants works as well. Raises
+    :class:`PolicyError` (one line, naming the key) when a key is missing or a value is invalid.
+    """
+    if space == "randaugment":
+        ops = _check_ops(space_options.get("ops", RAND_AUGMENT_OPS), "space_options.ops")
+        num_bins = int(space_options.get("num_bins", 31))
+        n, m = int(_param(params, "num_ops")), int(_param(params, "magnitude"))
+        if not 0 <= m < num_bins:
+            raise PolicyError(f"params.magnitude: must be in [0, {num_bins - 1}], got {m}")
+        return rand_augment(n, m, ops=ops, num_bins=num_bins, **_TV)
+    if space == "autoaugment":
+        ops = _check_ops(space_options.get("ops", AUTOAUGMENT_OPS), "space_options.ops")
+        subs = []
+        for i in range(int(space_options.get("num_subpolicies", 5))):
+            sub = []
+            for j in range(int(space_options.get("ops_per_subpolicy", 2))):
+                op = str(_param(params, f"s{i}_{j}_op"))
+                if op not in ops:
+                    raise PolicyError(f"params.s{i}_{j}_op: '{op}' is not in the space's ops")
+                prob = float(_param(params, f"s{i}_{j}_p"))
+                level = int(_param(params, f"s{i}_{j}_m")) / LEVEL_BINS if OPS[op].has_magnitude else 0.0
+                sub.append(op_at_level(op, level, prob))
+            subs.append(tuple(sub))
+        return Policy("subpolicy_choice", subpolicies=tuple(subs), name="autoaugment-search", **_TV)
+    if space == "custom":
+        spec = space_options.get("ops")
+        if not spec:
+            raise PolicyError("space_options.ops: the custom space needs {op: [low, high]} entries")
+        _check_ops(list(spec), "space_options.ops")
+        out: list[OpConfig] = []
+        for op, (low, _high) in spec.items():
+            prob = float(_param(params, f"{op}_p"))
+            if OPS[op].has_magnitude:
+                level = float(params[f"{op}_level"]) if f"{op}_level" in params else float(low)
+                out.append(op_at_level(op, level, prob))
+            else:
+                out.append(OpConfig(op, prob))
+        return Policy("sequential", ops=tuple(out), name="custom-search")
+    raise PolicyError(f"space: unknown space '{space}' (known: {', '.join(SPACES_BY_NAME)})")
+
+
+# ---------------------------------------------------------------------------------------------
+# Baselines and grids
+
+
+def baseline_params(space: str, preset_name: str, **space_options: Any) -> dict[str, Any]:
+    """The params that make ``space`` reproduce preset ``preset_name``, for ``points_to_evaluate``.
+
+    Representable: ``randaugment`` in the randaugment space (the preset's N and M, when the space's ops are
+    torchvision's); ``none`` in every space (all probabilities 0, or the identity op alone for
+    randaugment). Anything else raises :class:`PolicyError` naming the preset.
+    """
+    preset(preset_name)  # unknown preset -> PolicyError
+    if space == "randaugment":
+        ops = tuple(space_options.get("ops", RAND_AUGMENT_OPS))
+        if preset_name == "randaugment" and ops == RAND_AUGMENT_OPS and space_options.get("num_bins", 31) == 31:
+            ref = preset("randaugment")
+            return {"num_ops": ref.num_ops, "magnitude": 9}
+    elif preset_name == "none" and space == "autoaugment":
+        ops = tuple(space_options.get("ops", AUTOAUGMENT_OPS))
+        n, k = int(space_options.get("num_subpolicies", 5)), int(space_options.get("ops_per_subpolicy", 2))
+        params: dict[str, Any] = {}
+        for i in range(n):
+            for j in range(k):
+                params[f"s{i}_{j}_op"] = ops[0]
+                params[f"s{i}_{j}_p"] = 0.0
+                if OPS[ops[0]].has_magnitude:
+                    params[f"s{i}_{j}_m"] = 0
+        return params
+    elif preset_name == "none" and space == "custom":
+        params = {}
+        for op, (low, high) in dict(space_options.get("ops") or {}).items():
+            params[f"{op}_p"] = 0.0
+            if OPS[op].has_magnitude and low != high:
+                params[f"{op}_level"] = float(low)
+        return params
+    raise PolicyError(f"baselines: preset '{preset_name}' cannot be expressed in the {space} space")
+
+
+def grid_space(space: str, **space_options: Any) -> dict[str, list[Any]]:
+    """The full grid for ``optuna.samplers.GridSampler`` (randaugment only: every (N, M))."""
+    if space != "randaugment":
+        raise PolicyError(f"sampler: grid search is only available for the randaugment space, not {space}")
+    max_n, num_bins = int(space_options.get("max_n", 3)), int(space_options.get("num_bins", 31))
+    return {"num_ops": list(range(1, max_n + 1)), "magnitude": list(range(num_bins))}

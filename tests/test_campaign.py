@@ -1,0 +1,172 @@
+"""Campaign loop end to end on the bundled sample: both objectives, failures, resume after kill -9, two nodes."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import optuna
+import pandas as pd
+import pytest
+import ray
+from optuna.trial import TrialState
+
+from policy_search.campaign import CampaignError, load_study, resume_campaign, run_campaign
+from policy_search.config import load_config
+from policy_search.export import export_campaign
+from search_spaces import load_policy
+
+TINY = {"train_size": 500, "val_size": 250, "proxy.epochs": 2, "proxy.width": 8, "num_trials": 4,
+        "max_concurrent": 2, "num_cpus": 2}
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    """One local Ray for the module (campaigns reuse an initialised Ray and leave it running)."""
+    if not ray.is_initialized():
+        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+def tiny(tmp_path: Path, name: str, **extra):
+    return load_config(overrides={**TINY, "name": name, "output": str(tmp_path), **extra})
+
+
+def _check_outputs(folder: Path, n: int) -> pd.DataFrame:
+    for name in ("trials.csv", "best_policy.json", "summary.json", "splits.json", "config.yaml", "history.png",
+                 "importances.png", "best_policy_preview.png", "top_k/rank1.json"):
+        assert (folder / name).is_file(), name
+    df = pd.read_csv(folder / "trials.csv")
+    assert len(df) == n and df["trial_id"].is_unique and df["number"].is_unique
+    best = load_policy(folder / "best_policy.json")
+    prov = best.provenance
+    assert prov["score"] == pytest.approx(df.loc[df["status"] == "COMPLETE", "val_acc"].max())
+    assert {"torch", "kornia", "ray", "optuna"} <= set(prov["versions"])
+    assert prov["campaign"] == folder.name and prov["dataset"] == "sample"
+    summary = json.loads((folder / "summary.json").read_text())
+    assert sum(summary["counts"].values()) == n
+    return df
+
+
+@pytest.mark.slow
+def test_proxy_campaign_end_to_end(tmp_path, ray_local):
+    cfg = tiny(tmp_path, "proxy")
+    seen = []
+    result = run_campaign(cfg, on_progress=seen.append)
+    df = _check_outputs(result.folder, 4)
+    assert set(df["status"]) <= {"COMPLETE", "PRUNED"}
+    first = df.iloc[0]
+    assert (first["param_num_ops"], first["param_magnitude"]) == (2, 9)  # RandAugment(2, 9) baseline runs first
+    full = df[df["status"] == "COMPLETE"]
+    assert (full["epochs"] == 2).all() and full["val_acc_history"].str.count(";").eq(1).all()
+    study = load_study(cfg)
+    assert not study.get_trials(states=(TrialState.RUNNING,))
+    assert seen and seen[-1].total == 4
+    with pytest.raises(CampaignError, match="already exists"):
+        run_campaign(cfg)
+    files = export_campaign(result.folder, top=2, fmt="torchvision")
+    assert [p.name for p in files] == ["rank1.json", "rank1.py", "rank2.json", "rank2.py"]
+
+
+@pytest.mark.slow
+def test_density_campaign_end_to_end(tmp_path, ray_local):
+    cfg = tiny(tmp_path, "density", objective="density", space="autoaugment",
+               space_options={"num_subpolicies": 2}, sampler="random")
+    result = run_campaign(cfg)
+    df = _check_outputs(result.folder, 4)
+    assert (df["status"] == "COMPLETE").all() and (df["epochs"] == 1).all()
+    assert load_policy(result.folder / "best_policy.json").type == "subpolicy_choice"
+
+
+@pytest.mark.slow
+def test_failing_trials_are_recorded_and_the_campaign_completes(tmp_path, ray_local):
+    cfg = tiny(tmp_path, "diverge", num_trials=3, **{"proxy.lr": 1e30})  # every trial diverges
+    result = run_campaign(cfg)
+    df = pd.read_csv(result.folder / "trials.csv")
+    assert len(df) == 3 and (df["status"] == "FAILED").all()
+    assert df["error"].str.startswith("TrainingDiverged").all()
+    assert result.counts == {"COMPLETE": 0, "PRUNED": 0, "FAILED": 3} and result.best_score is None
+    study = load_study(cfg)
+    assert [t.state for t in study.trials] == [TrialState.FAIL] * 3
+    assert not (result.folder / "best_policy.json").exists()
+
+
+_DRIVER = textwrap.dedent("""
+    import sys
+    from policy_search.campaign import run_campaign
+    from policy_search.config import load_config
+    run_campaign(load_config(overrides=dict(output=sys.argv[1], name="killed", num_trials=6, max_concurrent=1,
+                 train_size=300, val_size=150, num_cpus=2, **{"proxy.epochs": 1, "proxy.width": 8})))
+""")
+
+
+@pytest.mark.slow
+def test_resume_after_kill_9(tmp_path, ray_local):
+    env = {**os.environ, "TUNE_GLOBAL_CHECKPOINT_S": "1"}
+    proc = subprocess.Popen([sys.executable, "-c", _DRIVER, str(tmp_path)], env=env, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    cfg = load_config(overrides={"output": str(tmp_path), "name": "killed", "num_trials": 6})
+    storage = cfg.storage_url()
+    deadline, done = time.monotonic() + 240, []
+    try:
+        while time.monotonic() < deadline and proc.poll() is None:
+            try:  # the driver creates the database a few seconds in
+                if (cfg.folder / "study.db").is_file():
+                    trials = optuna.load_study(study_name="killed", storage=storage).trials
+                    done = [t for t in trials if t.state == TrialState.COMPLETE]
+            except Exception:  # noqa: BLE001 - not created yet
+                pass
+            if len(done) >= 2:
+                break
+            time.sleep(0.3)
+        assert len(done) >= 2, "the campaign did not complete two trials in time"
+        time.sleep(1.5)  # let Tune snapshot the experiment (TUNE_GLOBAL_CHECKPOINT_S=1)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)  # the driver and the Ray processes it started
+        proc.wait()
+    before = {t.user_attrs["tune_trial_id"]: t.value for t in
+              optuna.load_study(study_name="killed", storage=storage).trials if t.state == TrialState.COMPLETE}
+    assert len(before) < 6, "campaign finished before the kill; nothing to resume"
+
+    result = resume_campaign(tmp_path / "killed")
+    df = pd.read_csv(result.folder / "trials.csv")
+    assert len(df) == 6 and df["trial_id"].is_unique
+    assert (df["status"] == "COMPLETE").sum() == 6
+    for trial_id, value in before.items():  # completed before the kill: kept exactly once, not re-run
+        rows = df[df["trial_id"] == trial_id]
+        assert len(rows) == 1 and rows["val_acc"].iloc[0] == pytest.approx(value)
+    study = optuna.load_study(study_name="killed", storage=storage)
+    assert not study.get_trials(states=(TrialState.RUNNING,))
+    tune_ids = [t.user_attrs.get("tune_trial_id") for t in study.get_trials(states=(TrialState.COMPLETE,))]
+    assert len(tune_ids) == len(set(tune_ids)) and set(df["trial_id"]) <= set(tune_ids)
+
+
+@pytest.mark.slow
+def test_two_node_cluster(tmp_path):
+    from ray.cluster_utils import Cluster
+
+    if ray.is_initialized():
+        ray.shutdown()
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "resources": {"head": 1}})
+    cluster.add_node(num_cpus=1, resources={"worker": 1})
+    cluster.wait_for_nodes()
+    try:
+        ray.init(address=cluster.address, log_to_driver=False)
+        cfg = tiny(tmp_path, "cluster", objective="density", num_trials=6, max_concurrent=2,
+                   ray_address=cluster.address)
+        result = run_campaign(cfg)
+        df = pd.read_csv(result.folder / "trials.csv")
+        nodes = {n["NodeID"] for n in ray.nodes() if n["Alive"]}
+        assert len(df) == 6 and (df["status"] == "COMPLETE").all()
+        assert set(df["node_id"]) == nodes and len(nodes) == 2  # both nodes ran trials, one campaign folder
+        assert sorted(p.name for p in (result.folder / "tune").iterdir() if p.is_dir()) == sorted(df["trial_id"])
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
