@@ -54,20 +54,16 @@ class Augmenter(nn.Module):
         p = self.policy
         instances = list(p.all_ops())
         mags = [o.magnitude for o in instances]
-        specs = [OPS[n] for n in OP_NAMES]
-        t: dict[str, Tensor] = {
-            "inst_op": torch.tensor([OP_NAMES.index(o.op) for o in instances], dtype=torch.long),
-            "inst_prob": torch.tensor([o.prob for o in instances]),
-            "inst_weight": torch.tensor([o.weight for o in instances]),
-            "inst_dist": torch.tensor([_DIST_CODE[m.dist] if m else 0 for m in mags], dtype=torch.long),
-            "inst_a": torch.tensor([(m.low if m.dist == "uniform" else m.value) if m else 0.0 for m in mags]),
-            "inst_b": torch.tensor([(m.high if m.dist == "uniform" else (m.std or 0.0)) if m else 0.0 for m in mags]),
-            "inst_sign": torch.tensor([bool(m and m.random_sign) for m in mags]),
-            "op_lo": torch.tensor([s.bounds[0] if s.bounds else 0.0 for s in specs]),
-            "op_hi": torch.tensor([s.bounds[1] if s.bounds else 0.0 for s in specs]),
-            "op_id": torch.tensor([s.identity or 0.0 for s in specs]),
-            "op_int": torch.tensor([s.integer for s in specs]),
-        }
+        rows = []
+        for o, m in zip(instances, mags, strict=True):
+            spec = OPS[o.op]
+            lo, hi = spec.bounds or (0.0, 0.0)
+            a, b = ((m.low, m.high) if m.dist == "uniform" else (m.value, m.std or 0.0)) if m else (0.0, 0.0)
+            rows.append([OP_NAMES.index(o.op), o.prob, _DIST_CODE[m.dist] if m else 0, a, b,
+                         float(bool(m and m.random_sign)), lo, hi, spec.identity or 0.0, float(spec.integer)])
+        # one row per op instance: op, prob, dist, a, b, random_sign, low bound, high bound, identity, integer
+        t: dict[str, Tensor] = {"inst": torch.tensor(rows, dtype=torch.float64),
+                                "inst_weight": torch.tensor([o.weight for o in instances])}
         if p.type == "subpolicy_choice":
             width = max(len(sp) for sp in p.subpolicies)
             table, start = [], 0
@@ -89,6 +85,7 @@ class Augmenter(nn.Module):
 
     # -- sampling -------------------------------------------------------------------------------
 
+    @torch.no_grad()
     def sample(self, batch_size: int, generator: torch.Generator | None = None,
                device: torch.device | str | None = None) -> Plan:
         """Draw every sample's ops and values for one batch (no pixels touched).
@@ -115,23 +112,21 @@ class Augmenter(nn.Module):
         else:
             inst = torch.multinomial(t["inst_weight"], s * b, replacement=True, generator=g).view(s, b)
         valid = inst >= 0
-        inst = inst.clamp(min=0)
-        gate, u, sign_u = torch.rand(3, s, b, generator=g, device=dev)
-        normal = torch.randn(s, b, generator=g, device=dev)
-        op = t["inst_op"][inst]
-        dist, a, hi = t["inst_dist"][inst], t["inst_a"][inst], t["inst_b"][inst]
-        is_int = t["op_int"][op]
+        gate, u, sign_u = torch.rand(3, s, b, generator=g, device=dev, dtype=torch.float64)
+        normal = torch.randn(s, b, generator=g, device=dev, dtype=torch.float64)
+        op, prob, dist, a, hi, sign, lo_bound, hi_bound, ident, is_int = t["inst"][inst.clamp(min=0)].unbind(-1)
+        op, is_int = op.long(), is_int.bool()
         uniform_value = torch.where(is_int, (a + (hi - a + 1.0) * u).floor().minimum(hi), a + (hi - a) * u)
         value = torch.where(dist == 0, a, torch.where(dist == 1, uniform_value, a + hi * normal))
-        ident = t["op_id"][op]
-        value = torch.where(t["inst_sign"][inst] & (sign_u < 0.5), 2.0 * ident - value, value)
-        value = value.clamp(t["op_lo"][op], t["op_hi"][op])
+        value = torch.where((sign > 0) & (sign_u < 0.5), 2.0 * ident - value, value)
+        value = value.clamp(lo_bound, hi_bound)
         value = torch.where(is_int, value.round(), value)
-        applied = valid & (gate < t["inst_prob"][inst]) & (op != _IDENTITY)
+        applied = valid & (gate < prob) & (op != _IDENTITY)
         return torch.where(applied, op, torch.full_like(op, -1)), value.float()
 
     # -- execution ------------------------------------------------------------------------------
 
+    @torch.no_grad()
     def apply(self, x: Tensor, plan: Plan, generator: torch.Generator | None = None) -> Tensor:
         """Apply a sampled :class:`Plan` to ``x`` (same plan, same pixels: e.g. teacher and student)."""
         if x.ndim != 4 or x.shape[1] not in (1, 3):
