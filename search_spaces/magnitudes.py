@@ -34,10 +34,10 @@ TORCHVISION_NAMES = {
     "AutoContrast": "autocontrast", "Equalize": "equalize", "Invert": "invert",
 }
 
-_AA_OPS = ("shear_x", "shear_y", "translate_x", "translate_y", "rotate", "brightness", "color", "contrast",
+AUTOAUGMENT_OPS = ("shear_x", "shear_y", "translate_x", "translate_y", "rotate", "brightness", "color", "contrast",
            "sharpness", "posterize", "solarize", "autocontrast", "equalize", "invert")
 #: torchvision RandAugment's op set: AutoAugment's plus identity, without invert.
-RAND_AUGMENT_OPS = ("identity",) + tuple(o for o in _AA_OPS if o != "invert")
+RAND_AUGMENT_OPS = ("identity",) + tuple(o for o in AUTOAUGMENT_OPS if o != "invert")
 
 
 @dataclass(frozen=True)
@@ -58,7 +58,7 @@ class MagnitudeSpace:
 
 
 SPACES: dict[str, MagnitudeSpace] = {
-    "autoaugment": MagnitudeSpace("autoaugment", 10, _AA_OPS),
+    "autoaugment": MagnitudeSpace("autoaugment", 10, AUTOAUGMENT_OPS),
     "randaugment": MagnitudeSpace("randaugment", 31, RAND_AUGMENT_OPS),
     "trivialaugment_wide": MagnitudeSpace(
         "trivialaugment_wide", 31, RAND_AUGMENT_OPS,

@@ -19,14 +19,13 @@ from typing import Any
 
 import optuna
 
-from .magnitudes import _AA_OPS, RAND_AUGMENT_OPS, op_at_level, rand_augment
+from .magnitudes import AUTOAUGMENT_OPS, RAND_AUGMENT_OPS, op_at_level, rand_augment
 from .ops import OPS
 from .policy import OpConfig, Policy, PolicyError, preset
 
 __all__ = ["randaugment", "autoaugment", "custom", "policy_from_params", "baseline_params", "grid_space",
            "SPACES_BY_NAME", "AUTOAUGMENT_OPS", "LEVEL_BINS"]
 
-AUTOAUGMENT_OPS: tuple[str, ...] = _AA_OPS
 LEVEL_BINS = 10  # autoaugment levels are bins 0..LEVEL_BINS (level = bin / LEVEL_BINS)
 _TV = {"interpolation": "nearest"}  # torchvision's AutoAugment/RandAugment rendering
 
