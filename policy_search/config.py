@@ -22,6 +22,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from search_spaces import PolicyError
+from search_spaces.policy import one_line
 from search_spaces.spaces import SPACES_BY_NAME, baseline_params, grid_space
 
 __all__ = ["CampaignConfig", "ProxyBudget", "Resources", "ConfigError", "load_config", "PASSWORD_ENV"]
@@ -30,7 +31,10 @@ PASSWORD_ENV = "POLICY_SEARCH_DB_PASSWORD"
 
 
 class ConfigError(ValueError):
-    """An invalid campaign configuration; the message is one line naming the field."""
+    """An invalid campaign configuration; the message is one printable line naming the field."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(one_line(message))
 
 
 class _Model(BaseModel):
@@ -111,12 +115,10 @@ class CampaignConfig(_Model):
             if key not in allowed:
                 raise ValueError(f"space_options.{key}: unknown option for the {self.space} space "
                                  f"(known: {', '.join(sorted(allowed))})")
+        for key, value in self.space_options.items():
+            _check_space_option(self.space, key, value)
         if self.space == "custom" and not self.space_options.get("ops"):
             raise ValueError("space_options.ops: the custom space needs {op: [low, high]} entries")
-        if self.space == "custom":
-            for op, rng in self.space_options["ops"].items():
-                if not (isinstance(rng, list | tuple) and len(rng) == 2 and 0 <= rng[0] <= rng[1] <= 1):
-                    raise ValueError(f"space_options.ops.{op}: needs a level range [low, high] within [0, 1]")
         try:
             from search_spaces.spaces import _check_ops
 
@@ -164,6 +166,31 @@ class CampaignConfig(_Model):
         d = self.model_dump(mode="json")
         d["storage"] = _strip_password(self.storage) if self.storage else None
         return d
+
+
+_COUNT_OPTIONS = {"max_n": (1, 16), "num_bins": (2, 101), "num_subpolicies": (1, 64), "ops_per_subpolicy": (1, 8)}
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool)
+
+
+def _check_space_option(space: str, key: str, value: Any) -> None:
+    """Types and ranges of one ``space_options`` entry (ValueError naming it)."""
+    where = f"space_options.{key}"
+    if key in _COUNT_OPTIONS:
+        lo, hi = _COUNT_OPTIONS[key]
+        if not (isinstance(value, int) and not isinstance(value, bool) and lo <= value <= hi):
+            raise ValueError(f"{where}: must be a whole number in [{lo}, {hi}], got {value!r}")
+    elif key == "ops" and space == "custom":
+        if not isinstance(value, dict):
+            raise ValueError(f"{where}: the custom space needs a mapping {{op: [low, high]}}, got {value!r}")
+        for op, rng in value.items():
+            if not (isinstance(rng, list | tuple) and len(rng) == 2 and all(_is_number(r) for r in rng)
+                    and 0 <= rng[0] <= rng[1] <= 1):
+                raise ValueError(f"{where}.{op}: needs a level range [low, high] within [0, 1], got {rng!r}")
+    elif key == "ops" and not (isinstance(value, list | tuple) and all(isinstance(o, str) for o in value)):
+        raise ValueError(f"{where}: must be a list of op names, got {value!r}")
 
 
 def _mask(url: str) -> str:

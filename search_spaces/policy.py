@@ -55,7 +55,15 @@ __all__ = [
 
 
 class PolicyError(ValueError):
-    """A policy document is malformed; the message names the offending field."""
+    """A policy document is malformed; the message (always one printable line) names the offending field."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(one_line(message))
+
+
+def one_line(text: str) -> str:
+    """``text`` with control characters escaped (``\\n``), so an error message stays one line."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(text))
 
 
 # ---------------------------------------------------------------------------------------------
