@@ -23,7 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from search_spaces import PolicyError
 from search_spaces.policy import one_line
-from search_spaces.spaces import SPACES_BY_NAME, baseline_params, grid_space
+from search_spaces.spaces import SPACES_BY_NAME, baseline_params, check_ops, grid_space
 
 __all__ = ["CampaignConfig", "ProxyBudget", "Resources", "ConfigError", "load_config", "PASSWORD_ENV"]
 
@@ -120,10 +120,8 @@ class CampaignConfig(_Model):
         if self.space == "custom" and not self.space_options.get("ops"):
             raise ValueError("space_options.ops: the custom space needs {op: [low, high]} entries")
         try:
-            from search_spaces.spaces import _check_ops
-
             if "ops" in self.space_options:
-                _check_ops(list(self.space_options["ops"]), "space_options.ops")
+                check_ops(list(self.space_options["ops"]), "space_options.ops")
             if self.sampler == "grid":
                 grid_space(self.space, **self.space_options)
             for i, name in enumerate(self.resolved_baselines()):

@@ -24,13 +24,14 @@ from .ops import OPS
 from .policy import OpConfig, Policy, PolicyError, preset
 
 __all__ = ["randaugment", "autoaugment", "custom", "policy_from_params", "baseline_params", "grid_space",
-           "SPACES_BY_NAME", "AUTOAUGMENT_OPS", "LEVEL_BINS"]
+           "check_ops", "SPACES_BY_NAME", "AUTOAUGMENT_OPS", "LEVEL_BINS"]
 
 LEVEL_BINS = 10  # autoaugment levels are bins 0..LEVEL_BINS (level = bin / LEVEL_BINS)
 _TV = {"interpolation": "nearest"}  # torchvision's AutoAugment/RandAugment rendering
 
 
-def _check_ops(ops: Sequence[str], where: str) -> tuple[str, ...]:
+def check_ops(ops: Sequence[str], where: str) -> tuple[str, ...]:
+    """``ops`` as a tuple of registry names, or a one-line :class:`PolicyError` naming ``where``."""
     ops = tuple(ops)
     if not ops:
         raise PolicyError(f"{where}: needs at least one op")
@@ -95,14 +96,14 @@ def policy_from_params(space: str, params: Mapping[str, Any], **space_options: A
     :class:`PolicyError` (one line, naming the key) when a key is missing or a value is invalid.
     """
     if space == "randaugment":
-        ops = _check_ops(space_options.get("ops", RAND_AUGMENT_OPS), "space_options.ops")
+        ops = check_ops(space_options.get("ops", RAND_AUGMENT_OPS), "space_options.ops")
         num_bins = int(space_options.get("num_bins", 31))
         n, m = int(_param(params, "num_ops")), int(_param(params, "magnitude"))
         if not 0 <= m < num_bins:
             raise PolicyError(f"params.magnitude: must be in [0, {num_bins - 1}], got {m}")
         return rand_augment(n, m, ops=ops, num_bins=num_bins, **_TV)
     if space == "autoaugment":
-        ops = _check_ops(space_options.get("ops", AUTOAUGMENT_OPS), "space_options.ops")
+        ops = check_ops(space_options.get("ops", AUTOAUGMENT_OPS), "space_options.ops")
         subs = []
         for i in range(int(space_options.get("num_subpolicies", 5))):
             sub = []
@@ -119,7 +120,7 @@ def policy_from_params(space: str, params: Mapping[str, Any], **space_options: A
         spec = space_options.get("ops")
         if not spec:
             raise PolicyError("space_options.ops: the custom space needs {op: [low, high]} entries")
-        _check_ops(list(spec), "space_options.ops")
+        check_ops(list(spec), "space_options.ops")
         out: list[OpConfig] = []
         for op, (low, _high) in spec.items():
             prob = float(_param(params, f"{op}_p"))
