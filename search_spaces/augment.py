@@ -24,6 +24,13 @@ __all__ = ["Augmenter", "Plan", "OP_NAMES"]
 OP_NAMES: tuple[str, ...] = tuple(OPS)
 _DIST_CODE = {"fixed": 0, "uniform": 1, "normal": 2}
 _IDENTITY = OP_NAMES.index("identity")
+_NONE, _GEO = -1, -2  # group keys besides op indices: samples without an op, the fused geometric warp
+# Sort ranks: 0 = no op, then the geometric ops (adjacent, so one warp covers them), then the others.
+_BY_RANK = sorted(range(len(OP_NAMES)), key=lambda k: not OPS[OP_NAMES[k]].geometric)  # stable: registry order
+_RANK_KEY: tuple[int, ...] = (_NONE,) + tuple(_GEO if OPS[OP_NAMES[k]].geometric else k for k in _BY_RANK)
+_RANK = torch.tensor([0] + [1 + _BY_RANK.index(k) for k in range(len(OP_NAMES))])  # indexed by op + 1
+_NUM_RANKS = len(_RANK_KEY)
+_GEO_KIND = torch.tensor([GEOMETRIC.index(n) if n in GEOMETRIC else -1 for n in OP_NAMES])  # op -> warp kind
 
 
 @dataclass(frozen=True)
@@ -63,7 +70,8 @@ class Augmenter(nn.Module):
                          float(bool(m and m.random_sign)), lo, hi, spec.identity or 0.0, float(spec.integer)])
         # one row per op instance: op, prob, dist, a, b, random_sign, low bound, high bound, identity, integer
         t: dict[str, Tensor] = {"inst": torch.tensor(rows, dtype=torch.float64),
-                                "inst_weight": torch.tensor([o.weight for o in instances])}
+                                "inst_weight": torch.tensor([o.weight for o in instances]),
+                                "rank": _RANK, "geo_kind": _GEO_KIND}
         if p.type == "subpolicy_choice":
             width = max(len(sp) for sp in p.subpolicies)
             table, start = [], 0
@@ -76,6 +84,8 @@ class Augmenter(nn.Module):
         else:
             self.num_stages = {"sequential": len(p.ops), "trivial_augment": 1}.get(p.type, p.num_ops)
         self._tables = {torch.device("cpu"): t}
+        self._fills: dict[tuple[torch.device, torch.dtype, int], Tensor] = {}
+        self._zero_fill = not any(self.policy.fill)
 
     def _on(self, device: torch.device) -> dict[str, Tensor]:
         """The lookup tables on ``device`` (copied once per device)."""
@@ -128,40 +138,72 @@ class Augmenter(nn.Module):
 
     @torch.no_grad()
     def apply(self, x: Tensor, plan: Plan, generator: torch.Generator | None = None) -> Tensor:
-        """Apply a sampled :class:`Plan` to ``x`` (same plan, same pixels: e.g. teacher and student)."""
+        """Apply a sampled :class:`Plan` to ``x`` (same plan, same pixels: e.g. teacher and student).
+
+        Each stage keeps the batch sorted by op (:meth:`_schedule`): every op group is a contiguous slice
+        that its kernel reads without a gather and overwrites with its result (a plain copy), and one
+        ``index_select`` per stage puts the batch in the next stage's order (the output's, after the last).
+        """
         if x.ndim != 4 or x.shape[1] not in (1, 3):
             raise ValueError(f"expected a batch (B, C, H, W) with C = 1 or 3, got shape {tuple(x.shape)}")
         is_uint8 = x.dtype == torch.uint8
-        out = x.float().div_(255.0) if is_uint8 else x.clone()
-        ctx = OpContext(self._fill(out), self.policy.interpolation, generator)
-        ops, values = plan.ops.to(out.device), plan.values.to(out.device, out.dtype)
+        ops = plan.ops.to(x.device)
+        if ops.shape[0] == 0 or ops.shape[1] == 0:
+            out = x.float().div_(255.0) if is_uint8 else x.clone()
+            return out.mul_(255.0).round_().to(torch.uint8) if is_uint8 else out
+        tables = self._on(ops.device)
+        order, source, groups = self._schedule(ops, tables["rank"])
+        out = x.index_select(0, order[0])  # stage 0's order; also the copy that spares the caller's x
+        out = out.float().div_(255.0) if is_uint8 else out
+        values = plan.values.to(out.device, out.dtype).gather(1, order)
+        ctx = OpContext(self._fill(out), self.policy.interpolation, generator, self._zero_fill)
         h, w = out.shape[-2:]
-        for stage_ops, stage_values in zip(ops, values, strict=True):
-            kernels, geometric = self._groups(stage_ops)
-            if geometric:
-                idx = torch.cat([i for _, i in geometric])
-                kind = torch.cat([torch.full_like(i, GEOMETRIC.index(OP_NAMES[k])) for k, i in geometric])
-                matrices = affine_matrices(kind, stage_values[idx], h, w)
-                out.index_copy_(0, idx, warp(out[idx], matrices, ctx))
-            for k, idx in kernels:
-                kernel = OPS[OP_NAMES[k]].kernel
-                if idx.numel() == out.shape[0]:
-                    out = kernel(out, stage_values, ctx)
+        for stage, stage_groups in enumerate(groups):
+            for k, start, stop in stage_groups:
+                if k == _NONE:
+                    continue
+                piece, v = out[start:stop], values[stage, start:stop]
+                if k == _GEO:
+                    kind = tables["geo_kind"][ops[stage, order[stage, start:stop]]]
+                    result = warp(piece, affine_matrices(kind, v, h, w), ctx)
                 else:
-                    out.index_copy_(0, idx, kernel(out[idx], stage_values[idx], ctx))
+                    result = OPS[OP_NAMES[k]].kernel(piece, v, ctx)
+                if result is not piece:
+                    piece.copy_(result)  # this slice belongs to this group alone
+            out = out.index_select(0, source[stage])
         return out.mul_(255.0).round_().to(torch.uint8) if is_uint8 else out
 
     @staticmethod
-    def _groups(stage_ops: Tensor) -> tuple[list[tuple[int, Tensor]], list[tuple[int, Tensor]]]:
-        """Sample indices per op (one host sync per stage), split into kernel ops and geometric ops."""
-        order = torch.argsort(stage_ops, stable=True)
-        counts = torch.bincount(stage_ops + 1, minlength=len(OP_NAMES) + 1).tolist()
-        kernels, geometric, start = [], [], counts[0]  # counts[0]: samples without an op
-        for k, count in enumerate(counts[1:]):
-            if count:
-                (geometric if OPS[OP_NAMES[k]].geometric else kernels).append((k, order[start:start + count]))
+    def _schedule(ops: Tensor, ranks: Tensor) -> tuple[Tensor, Tensor, list[list[tuple[int, int, int]]]]:
+        """Sort every stage's samples by op (one host sync for all stages).
+
+        Returns ``order`` (S, B): the samples of each stage in op order (samples without an op first,
+        then all geometric ops, then the other ops in registry order: the order the kernels draw from the
+        generator in); ``source`` (S, B): the rows of stage ``s``'s order that make up the next stage's
+        order (the output's, in sample order, after the last stage); and per stage the groups
+        ``(key, start, stop)`` with ``key`` an op index, :data:`_GEO` or :data:`_NONE`.
+        """
+        s, b = ops.shape
+        rank = ranks[ops + 1]  # _RANK on ops' device
+        order = torch.argsort(rank, dim=1, stable=True)
+        counts = torch.bincount((rank + _NUM_RANKS * torch.arange(s, device=ops.device).view(s, 1)).flatten(),
+                                minlength=s * _NUM_RANKS).view(s, _NUM_RANKS).tolist()
+        position = torch.argsort(order, dim=1)  # position[s, i]: row of sample i in stage s's order
+        source = torch.cat([position[:-1].gather(1, order[1:]), position[-1:]])
+        groups = []
+        for row in counts:
+            stage_groups, start = [], 0
+            for r, count in enumerate(row):
+                if not count:
+                    continue
+                key = _RANK_KEY[r]
+                if stage_groups and key == _GEO and stage_groups[-1][0] == _GEO:  # one warp for all geometric ops
+                    stage_groups[-1] = (_GEO, stage_groups[-1][1], start + count)
+                else:
+                    stage_groups.append((key, start, start + count))
                 start += count
-        return kernels, geometric
+            groups.append(stage_groups)
+        return order, source, groups
 
     def forward(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
         """Augment ``x``; every sample draws its own ops and magnitudes."""
@@ -186,8 +228,12 @@ class Augmenter(nn.Module):
         return x, soft
 
     def _fill(self, x: Tensor) -> Tensor:
-        fill = torch.tensor(self.policy.fill, dtype=x.dtype, device=x.device)
-        return fill if fill.numel() == x.shape[1] else fill.mean().expand(x.shape[1])
+        """The fill colour ``(C,)`` for ``x`` (cached per device, dtype and channel count)."""
+        key = (x.device, x.dtype, x.shape[1])
+        if key not in self._fills:
+            fill = torch.tensor(self.policy.fill, dtype=x.dtype, device=x.device)
+            self._fills[key] = fill if fill.numel() == x.shape[1] else fill.mean().expand(x.shape[1])
+        return self._fills[key]
 
     def extra_repr(self) -> str:
         return f"policy={self.policy.name or self.policy.type!r}, stages={self.num_stages}"

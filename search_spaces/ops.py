@@ -18,13 +18,13 @@ torchvision), the partner comes from a random permutation, and ``lam`` is drawn 
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import kornia
 import numpy as np
 import torch
-import torchvision.transforms.v2.functional as TF
 from torch import Tensor
 
 __all__ = ["OPS", "BATCH_OPS", "OpSpec", "BatchOpSpec", "OpContext", "affine_matrices", "warp"]
@@ -40,6 +40,7 @@ class OpContext:
     fill: Tensor  # (C,) fill colour for exposed areas, in [0, 1]
     interpolation: str  # "nearest" | "bilinear"
     generator: torch.Generator | None
+    zero_fill: bool = False  # fill is all zeros (lets warps skip shifting pixels by the fill)
 
 
 Kernel = Callable[[Tensor, Tensor, OpContext], Tensor]
@@ -86,13 +87,16 @@ def _per_sample(v: Tensor) -> Tensor:
 
 
 def _gray(x: Tensor) -> Tensor:
-    return kornia.color.rgb_to_grayscale(x) if x.shape[1] == 3 else x
+    """``kornia.color.rgb_to_grayscale`` (weights 0.299, 0.587, 0.114) without its per-call checks."""
+    if x.shape[1] != 3:
+        return x
+    r, g, b = x.unbind(dim=-3)
+    return (r * 0.299).add_(g, alpha=0.587).add_(b, alpha=0.114).unsqueeze(-3)
 
 
 def _blend(x: Tensor, other: Tensor, factor: Tensor) -> Tensor:
-    """PIL ``ImageEnhance``: ``other + factor * (x - other)``, clipped."""
-    f = _per_sample(factor)
-    return (f * x + (1.0 - f) * other).clamp_(0.0, 1.0)
+    """PIL ``ImageEnhance``: ``other + factor * (x - other)``, clipped (one ``lerp``)."""
+    return torch.lerp(other.expand_as(x), x, _per_sample(factor).to(x.dtype)).clamp_(0.0, 1.0)
 
 
 def _brightness(x: Tensor, v: Tensor, ctx: OpContext) -> Tensor:
@@ -104,7 +108,11 @@ def _color(x: Tensor, v: Tensor, ctx: OpContext) -> Tensor:
 
 
 def _contrast(x: Tensor, v: Tensor, ctx: OpContext) -> Tensor:
-    return _blend(x, _gray(x).mean(dim=(-3, -2, -1), keepdim=True), v)
+    """Blend with the mean gray: ``f * x + (1 - f) * mean`` as one ``addcmul`` (the mean of the gray image
+    is the gray of the channel means)."""
+    f = _per_sample(v).to(x.dtype)
+    mean = _gray(x.mean(dim=(-2, -1), keepdim=True))  # (b, 1, 1, 1)
+    return torch.addcmul((1.0 - f) * mean, f, x).clamp_(0.0, 1.0)
 
 
 def _sharpness(x: Tensor, v: Tensor, ctx: OpContext) -> Tensor:
@@ -115,11 +123,10 @@ def _sharpness(x: Tensor, v: Tensor, ctx: OpContext) -> Tensor:
     """
     if x.shape[-1] <= 2 or x.shape[-2] <= 2:
         return x
-    rows = x[..., :, :-2] + x[..., :, 1:-1] + x[..., :, 2:]
-    box = rows[..., :-2, :] + rows[..., 1:-1, :] + rows[..., 2:, :]  # 3x3 sums (avg_pool2d is slower on CPU)
-    smooth = (box + 4.0 * x[..., 1:-1, 1:-1]) / 13.0
+    rows = (x[..., :, :-2] + x[..., :, 1:-1]).add_(x[..., :, 2:])
+    box = (rows[..., :-2, :] + rows[..., 1:-1, :]).add_(rows[..., 2:, :])  # 3x3 sums (avg_pool2d is slower)
     degenerate = x.clone()
-    degenerate[..., 1:-1, 1:-1] = smooth
+    degenerate[..., 1:-1, 1:-1] = box.add_(x[..., 1:-1, 1:-1], alpha=4.0).div_(13.0)
     return _blend(x, degenerate, v)
 
 
@@ -128,14 +135,16 @@ def _to_uint8_levels(x: Tensor) -> Tensor:
 
 
 def _posterize(x: Tensor, v: Tensor, ctx: OpContext) -> Tensor:
-    # uint8 semantics (keep the top `bits` bits); kornia's posterize truncates x*255 instead of rounding.
-    mask = (256 - (1 << (8 - v.to(torch.int32)))).to(torch.uint8)
-    q = _to_uint8_levels(x).to(torch.uint8) & _per_sample(mask)
-    return q.to(x.dtype) / 255.0
+    """uint8 semantics: keep the top ``bits`` bits of ``round(255 x)``, i.e. round down to a multiple of
+    ``2 ** (8 - bits)`` (exact in float: powers of two), in place on one buffer. kornia's posterize
+    truncates ``x * 255`` instead of rounding."""
+    step = _per_sample(torch.exp2(8.0 - v.to(x.dtype)))
+    return _to_uint8_levels(x).div_(step).floor_().mul_(step).div_(255.0)
 
 
 def _solarize(x: Tensor, v: Tensor, ctx: OpContext) -> Tensor:
-    return kornia.enhance.solarize(x, v)
+    """``kornia.enhance.solarize(x, v)`` (pixels ``>= v`` inverted) without its per-call checks."""
+    return torch.where(x < _per_sample(v), x, 1.0 - x)
 
 
 def _solarize_add(x: Tensor, v: Tensor, ctx: OpContext) -> Tensor:
@@ -152,9 +161,26 @@ def _autocontrast(x: Tensor, v: Tensor, ctx: OpContext) -> Tensor:
 
 
 def _equalize(x: Tensor, v: Tensor, ctx: OpContext) -> Tensor:
-    # torchvision's kernel is batched, parameter-free and *is* the reference (PIL's LUT); kornia's
-    # equalize bins differently (about 1% of pixels move by one level).
-    return TF.equalize(x)
+    """``TF.equalize`` (the reference: PIL's LUT per channel) written out; same output, bit for bit.
+
+    kornia's equalize bins differently (about 1% of pixels move by one level). Compared with torchvision's
+    kernel, this builds each channel's LUT directly as float levels (a channel that PIL leaves alone gets
+    the identity LUT) and gathers the output from it: one pass over the pixels instead of a uint8 gather,
+    a ``where`` and a conversion back to float.
+    """
+    b, c, h, w = x.shape
+    if x.numel() == 0:
+        return x
+    flat = x.mul(256.0 - 1e-3).long().clamp_(0, 255).view(b * c, h * w)  # torchvision's float -> uint8
+    hist = torch.zeros(b * c, 256, dtype=torch.int32, device=x.device)
+    hist.scatter_add_(1, flat, hist.new_ones(1).expand_as(flat))
+    cum = hist.cumsum(1, dtype=torch.int32)
+    last = cum.argmax(1, keepdim=True)  # brightest level present
+    step = (h * w - hist.gather(1, last)).div_(255, rounding_mode="floor")  # PIL: pixels below it // 255
+    lut = (cum[:, :-1] + step // 2).div_(step.clamp(min=1), rounding_mode="floor").clamp_(0, 255)
+    lut = torch.cat([torch.zeros_like(lut[:, :1]), lut], 1)
+    lut = torch.where(step > 0, lut, torch.arange(256, dtype=lut.dtype, device=x.device))  # step 0: unchanged
+    return lut.to(x.dtype).mul_(1.0 / 255).gather(1, flat).view(b, c, h, w)
 
 
 def _invert(x: Tensor, v: Tensor, ctx: OpContext) -> Tensor:
@@ -237,19 +263,43 @@ def affine_matrices(kind: Tensor, v: Tensor, height: int, width: int) -> Tensor:
     * ``shear_x``/``shear_y``: output ``(x, y)`` reads input ``(x + v * (y + 1/2), y)`` (resp. the
       transpose), i.e. torchvision AutoAugment's shear about the top-left corner.
     * ``translate_x``/``translate_y``: content moves right/down by ``v * W`` (``v * H``) pixels.
+
+    Every entry is linear in ``(1, v, cos - 1, sin)`` (angle ``v`` for ``rotate``, 0 otherwise), so the
+    matrices are one product with a per-kind coefficient table: a few ops in all instead of one ``where``
+    per entry and kind.
     """
-    rot, shx, shy, tx, ty = (kind == k for k in range(len(GEOMETRIC)))
-    rad = torch.deg2rad(torch.where(rot, v, torch.zeros_like(v)))
-    cos, sin = torch.cos(rad), torch.sin(rad)
+    rad = torch.deg2rad(torch.where(kind == 0, v, torch.zeros_like(v)))
+    features = torch.stack([torch.ones_like(v), v, torch.cos(rad) - 1.0, torch.sin(rad)], dim=-1)  # (b, 4)
+    table = _affine_table(height, width, v.dtype, v.device)[kind]  # (b, 4, 6)
+    return (features.unsqueeze(-1) * table).sum(dim=1).view(-1, 2, 3)
+
+
+@functools.lru_cache(maxsize=16)
+def _affine_table(height: int, width: int, dtype: torch.dtype, device: torch.device) -> Tensor:
+    """Coefficients ``(kind, feature, entry)`` of :func:`affine_matrices` for features ``(1, v, cos - 1, sin)``
+    and the row-major entries ``(a, b, tx, c, d, ty)`` of a forward matrix."""
     cx, cy = (width - 1) / 2.0, (height - 1) / 2.0
-    zero = torch.zeros_like(v)
-    m = torch.stack([
-        cos, torch.where(rot, sin, torch.where(shx, -v, zero)),
-        torch.where(rot, (1 - cos) * cx - sin * cy, torch.where(shx, -0.5 * v, torch.where(tx, v * width, zero))),
-        torch.where(rot, -sin, torch.where(shy, -v, zero)), cos,
-        torch.where(rot, sin * cx + (1 - cos) * cy, torch.where(shy, -0.5 * v, torch.where(ty, v * height, zero))),
-    ], dim=-1)
-    return m.view(-1, 2, 3)
+    one = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0]
+    table = [
+        [one, [0.0] * 6, [1.0, 0.0, -cx, 0.0, 1.0, -cy], [0.0, 1.0, -cy, -1.0, 0.0, cx]],  # rotate
+        [one, [0.0, -1.0, -0.5, 0.0, 0.0, 0.0], [0.0] * 6, [0.0] * 6],  # shear_x
+        [one, [0.0, 0.0, 0.0, -1.0, 0.0, -0.5], [0.0] * 6, [0.0] * 6],  # shear_y
+        [one, [0.0, 0.0, float(width), 0.0, 0.0, 0.0], [0.0] * 6, [0.0] * 6],  # translate_x
+        [one, [0.0, 0.0, 0.0, 0.0, 0.0, float(height)], [0.0] * 6, [0.0] * 6],  # translate_y
+    ]
+    return torch.tensor(table, dtype=dtype, device=device)
+
+
+@functools.lru_cache(maxsize=16)
+def _base_grid(height: int, width: int, dtype: torch.dtype, device: torch.device) -> Tensor:
+    """``affine_grid``'s base grid (align_corners=True) as rows ``(x, y, 1)`` of shape ``(3, H * W)``."""
+
+    def axis(n: int) -> Tensor:
+        return torch.linspace(-1.0, 1.0, n, dtype=dtype, device=device) if n > 1 else torch.zeros(1, dtype=dtype,
+                                                                                                    device=device)
+
+    xs, ys = axis(width).view(1, width).expand(height, width), axis(height).view(height, 1).expand(height, width)
+    return torch.stack([xs, ys, torch.ones_like(xs)]).view(3, height * width)
 
 
 def warp(x: Tensor, matrices: Tensor, ctx: OpContext) -> Tensor:
@@ -269,10 +319,15 @@ def warp(x: Tensor, matrices: Tensor, ctx: OpContext) -> Tensor:
     theta_a = inv * s.view(1, 2, 1) / s.view(1, 1, 2)
     theta_t = s.view(1, 2, 1) * shift + theta_a.sum(-1, keepdim=True) - 1.0
     theta = torch.cat([theta_a, theta_t], dim=-1)
-    grid = torch.nn.functional.affine_grid(theta, [b, 1, h, w], align_corners=True)
+    # affine_grid(theta, align_corners=True) as one matmul; its bmm of tiny matrices costs several times more.
+    # The grid stays a (b, H, W, 2) view of the (b, 2, H, W) product: grid_sample takes any strides.
+    grid = (theta.reshape(b * 2, 3) @ _base_grid(h, w, x.dtype, x.device)).view(b, 2, h, w).permute(0, 2, 3, 1)
+    if ctx.zero_fill:  # grid_sample pads with zeros already
+        out = torch.nn.functional.grid_sample(x, grid, mode=ctx.interpolation, align_corners=True)
+        return out if ctx.interpolation == "nearest" else out.clamp_(0.0, 1.0)
     fill = ctx.fill.view(1, -1, 1, 1).to(x.dtype)
     out = torch.nn.functional.grid_sample(x - fill, grid, mode=ctx.interpolation, align_corners=True)
-    return (out + fill).clamp_(0.0, 1.0)
+    return out.add_(fill).clamp_(0.0, 1.0)
 
 
 # ---------------------------------------------------------------------------------------------
