@@ -6,6 +6,9 @@ physical value per stage and sample). Execution groups samples by op: each op ru
 the subset that drew it, with per-sample magnitudes, and all geometric ops of a stage are fused into
 one affine warp. kornia's ``auto`` presets and torchvision's v2 transforms draw one choice per batch;
 here every image draws its own sub-policy, ops, coin flips, signs and magnitudes.
+
+:class:`ScheduledAugmenter` replays a :class:`~search_spaces.policy.Schedule` (policies that change over
+training): ``set_epoch(epoch)`` switches to the segment's policy, one cached :class:`Augmenter` per segment.
 """
 
 from __future__ import annotations
@@ -17,9 +20,9 @@ import torch
 from torch import Tensor, nn
 
 from .ops import BATCH_OPS, GEOMETRIC, OPS, OpContext, affine_matrices, uniform, warp
-from .policy import Policy, load_policy
+from .policy import Policy, Schedule, load_policy, load_policy_or_schedule, load_schedule
 
-__all__ = ["Augmenter", "Plan", "OP_NAMES"]
+__all__ = ["Augmenter", "Plan", "ScheduledAugmenter", "make_augmenter", "OP_NAMES"]
 
 OP_NAMES: tuple[str, ...] = tuple(OPS)
 _DIST_CODE = {"fixed": 0, "uniform": 1, "normal": 2}
@@ -237,3 +240,68 @@ class Augmenter(nn.Module):
 
     def extra_repr(self) -> str:
         return f"policy={self.policy.name or self.policy.type!r}, stages={self.num_stages}"
+
+
+class ScheduledAugmenter(nn.Module):
+    """Apply a :class:`Schedule`: the :class:`Augmenter` of the current epoch's segment.
+
+    >>> aug = ScheduledAugmenter("best_schedule.json", total_epochs=200)   # a path or a Schedule
+    >>> aug.set_epoch(0)                                # 0-based; trainers.engine.fit calls it every epoch
+    >>> out = aug(images, generator=g)
+
+    ``total_epochs`` stretches the schedule to a run of that length (see :meth:`Schedule.segment_index`);
+    ``None`` maps epochs one to one. Each segment's Augmenter is built on first use and cached.
+    """
+
+    def __init__(self, schedule: Schedule | str | os.PathLike, total_epochs: int | None = None) -> None:
+        super().__init__()
+        self.schedule = load_schedule(schedule)
+        self.total_epochs = total_epochs
+        self._cache: dict[int, Augmenter] = {}
+        self.epoch = 0
+        self.segment = self.schedule.segment_index(0, total_epochs)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Use the policy of 0-based ``epoch`` from now on."""
+        self.segment = self.schedule.segment_index(epoch, self.total_epochs)
+        self.epoch = epoch
+
+    @property
+    def current(self) -> Augmenter:
+        """The Augmenter of the current segment."""
+        if self.segment not in self._cache:
+            self._cache[self.segment] = Augmenter(self.schedule.segments[self.segment].policy)
+        return self._cache[self.segment]
+
+    @property
+    def policy(self) -> Policy:
+        """The current segment's policy."""
+        return self.schedule.segments[self.segment].policy
+
+    def sample(self, batch_size: int, generator: torch.Generator | None = None,
+               device: torch.device | str | None = None) -> Plan:
+        """:meth:`Augmenter.sample` of the current segment."""
+        return self.current.sample(batch_size, generator, device)
+
+    def apply(self, x: Tensor, plan: Plan, generator: torch.Generator | None = None) -> Tensor:
+        """:meth:`Augmenter.apply` of the current segment (a plan is only valid within its segment)."""
+        return self.current.apply(x, plan, generator)
+
+    def forward(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """Augment ``x`` with the current segment's policy."""
+        return self.current(x, generator=generator)
+
+    def mix(self, x: Tensor, y: Tensor, num_classes: int,
+            generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+        """:meth:`Augmenter.mix` of the current segment."""
+        return self.current.mix(x, y, num_classes, generator)
+
+    def extra_repr(self) -> str:
+        return f"schedule={self.schedule.name!r}, segments={len(self.schedule.segments)}, epoch={self.epoch}"
+
+
+def make_augmenter(source: Policy | Schedule | str | os.PathLike,
+                   total_epochs: int | None = None) -> Augmenter | ScheduledAugmenter:
+    """An :class:`Augmenter` for a policy, a :class:`ScheduledAugmenter` for a schedule (path, preset or object)."""
+    loaded = load_policy_or_schedule(source)
+    return ScheduledAugmenter(loaded, total_epochs) if isinstance(loaded, Schedule) else Augmenter(loaded)

@@ -28,10 +28,30 @@ Batch ops: per batch at most one runs; op ``i`` is chosen with probability ``pro
 most 1). Loading validates everything and raises :class:`PolicyError` with a one-line message naming the
 field. Loading is pure JSON (no pickle, no eval); unknown keys are rejected unless they start with
 ``x-`` (kept verbatim). :func:`dumps` is canonical, so save -> load -> save is byte-identical.
+
+Schedules, schema ``augschedule/1.0`` (what a PBT campaign learns): policies that change over training::
+
+    {
+      "schema": "augschedule/1.0",
+      "name": "pbt-best",
+      "segments": [
+        {"start_epoch": 0, "end_epoch": 3, "policy": {"schema": "augpolicy/1.0", ...}},
+        {"start_epoch": 3, "end_epoch": 10, "policy": {"schema": "augpolicy/1.0", ...}}
+      ],
+      "provenance": {...}
+    }
+
+Epochs are 0-based and ``end_epoch`` is exclusive; the segments must cover ``[0, epochs)`` in order, without
+gaps or overlaps (``epochs`` = the last ``end_epoch``). Each segment holds a complete policy document.
+:func:`load_policy` and :func:`loads` return a :class:`Policy` only (a schedule is a one-line error there);
+:func:`load_policy_or_schedule` / :func:`loads_any` return either, :func:`load_schedule` a :class:`Schedule`
+(a plain policy becomes a one-segment schedule only with ``epochs``). :func:`dumps` and :func:`save_policy`
+write both.
 """
 
 from __future__ import annotations
 
+import bisect
 import json
 import math
 import os
@@ -39,18 +59,20 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 from .ops import BATCH_OPS, OPS
 
 SCHEMA = "augpolicy/1.0"
+SCHEDULE_SCHEMA = "augschedule/1.0"
 POLICY_TYPES = ("subpolicy_choice", "rand_augment", "trivial_augment", "sequential")
 INTERPOLATIONS = ("nearest", "bilinear")
 PolicyType = Literal["subpolicy_choice", "rand_augment", "trivial_augment", "sequential"]
 
 __all__ = [
-    "SCHEMA", "PolicyError", "Magnitude", "OpConfig", "BatchOp", "Policy",
-    "load_policy", "loads", "dumps", "save_policy", "preset", "PRESETS",
+    "SCHEMA", "SCHEDULE_SCHEMA", "PolicyError", "Magnitude", "OpConfig", "BatchOp", "Policy", "Segment", "Schedule",
+    "load_policy", "load_schedule", "load_policy_or_schedule", "loads", "loads_any", "dumps", "save_policy",
+    "preset", "PRESETS",
 ]
 
 
@@ -176,6 +198,103 @@ class Policy:
 
 
 INPUT_CONTRACT = {"value_range": [0.0, 1.0], "dtypes": ["uint8", "float32"], "channels": [1, 3]}
+
+
+class Segment(NamedTuple):
+    """Epochs ``start_epoch .. end_epoch - 1`` (0-based; ``end_epoch`` exclusive) train with ``policy``."""
+
+    start_epoch: int
+    end_epoch: int
+    policy: Policy
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """Policies over training: segments covering epochs ``[0, epochs)`` in order, without gaps or overlaps.
+
+    Build with :func:`loads_any`/:func:`load_schedule` or directly (validated either way);
+    :meth:`policy_at` gives the policy of a 0-based epoch.
+    """
+
+    segments: tuple[Segment, ...]
+    name: str = ""
+    provenance: Mapping[str, Any] = field(default_factory=dict)
+    extras: Mapping[str, Any] = field(default_factory=dict)  # preserved "x-" keys
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "segments", tuple(Segment(*s) for s in self.segments))
+        _validate_segments(self.segments)
+
+    @property
+    def epochs(self) -> int:
+        """How many epochs the schedule covers (the last ``end_epoch``)."""
+        return self.segments[-1].end_epoch
+
+    @classmethod
+    def constant(cls, policy: Policy, epochs: int, name: str | None = None) -> Schedule:
+        """One segment: ``policy`` for all ``epochs``."""
+        return cls((Segment(0, epochs, policy),), name=policy.name if name is None else name,
+                   provenance=dict(policy.provenance))
+
+    def segment_index(self, epoch: int, total_epochs: int | None = None) -> int:
+        """Index of the segment that 0-based ``epoch`` trains with.
+
+        With ``total_epochs`` (the length of the run replaying the schedule) the schedule is stretched to the
+        run, as PBA replays its schedules: epoch ``e`` reads the schedule at ``floor(e * epochs / total_epochs)``.
+        Without it, epochs map one to one and one past the end is a :class:`PolicyError`.
+        """
+        if total_epochs is not None:
+            if isinstance(total_epochs, bool) or not isinstance(total_epochs, int) or total_epochs < 1:
+                raise PolicyError(f"total_epochs: must be a whole number >= 1, got {total_epochs!r}")
+            if not 0 <= epoch < total_epochs:
+                raise PolicyError(f"epoch: {epoch} is outside the run's epochs [0, {total_epochs})")
+            epoch = epoch * self.epochs // total_epochs
+        if not 0 <= epoch < self.epochs:
+            raise PolicyError(f"epoch: {epoch} is outside the schedule's epochs [0, {self.epochs}) "
+                              "(pass total_epochs to stretch the schedule to a longer run)")
+        return bisect.bisect_right([s.end_epoch for s in self.segments], epoch)
+
+    def policy_at(self, epoch: int, total_epochs: int | None = None) -> Policy:
+        """The policy of 0-based ``epoch`` (see :meth:`segment_index` for ``total_epochs``)."""
+        return self.segments[self.segment_index(epoch, total_epochs)].policy
+
+    def with_provenance(self, **info: Any) -> Schedule:
+        """A copy with ``info`` merged into the provenance."""
+        return replace(self, provenance={**self.provenance, **info})
+
+    def to_dict(self) -> dict[str, Any]:
+        """The canonical JSON document."""
+        doc: dict[str, Any] = {"schema": SCHEDULE_SCHEMA, "name": self.name, "segments": [
+            {"start_epoch": s.start_epoch, "end_epoch": s.end_epoch, "policy": s.policy.to_dict()}
+            for s in self.segments]}
+        doc["provenance"] = dict(self.provenance)
+        doc.update(self.extras)
+        return doc
+
+
+def _validate_segments(segments: tuple[Segment, ...]) -> None:
+    """Segments in order, each non-empty, the first starting at 0, each starting where the previous ends."""
+    if not segments:
+        raise _fail("segments", "needs at least one segment")
+    end = 0
+    for i, seg in enumerate(segments):
+        path = f"segments[{i}]"
+        for key in ("start_epoch", "end_epoch"):
+            v = getattr(seg, key)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+                raise _fail(f"{path}.{key}", f"must be a whole number >= 0, got {v!r}")
+        if not isinstance(seg.policy, Policy):
+            raise _fail(f"{path}.policy", f"must be a Policy, got {type(seg.policy).__name__}")
+        if seg.end_epoch <= seg.start_epoch:
+            raise _fail(f"{path}.end_epoch", f"must be > start_epoch {seg.start_epoch} (end is exclusive), "
+                                             f"got {seg.end_epoch}")
+        if seg.start_epoch < end:
+            raise _fail(f"{path}.start_epoch", f"overlap: epochs {seg.start_epoch}..{min(end, seg.end_epoch) - 1} "
+                                               f"are already covered by segments[{i - 1}] (ends at {end})")
+        if seg.start_epoch > end:
+            where = f"segments[{i - 1}] ends at {end}" if i else "a schedule starts at epoch 0"
+            raise _fail(f"{path}.start_epoch", f"gap: epochs {end}..{seg.start_epoch - 1} are not covered ({where})")
+        end = seg.end_epoch
 
 
 def _num(x: float) -> float | int:
@@ -353,6 +472,9 @@ def from_dict(doc: Any) -> Policy:
     if "schema" not in doc:
         raise _fail("schema", f"missing required field (expected \"{SCHEMA}\")")
     schema = doc["schema"]
+    if schema == SCHEDULE_SCHEMA:
+        raise _fail("schema", f"this is a schedule (\"{SCHEDULE_SCHEMA}\"), not a single policy; "
+                              "load it with load_policy_or_schedule or load_schedule")
     if schema != SCHEMA:
         raise _fail("schema", f"unsupported schema version {schema!r} (this build reads \"{SCHEMA}\")")
     _keys(doc, "", ["schema", "policy"], ["name", "batch_ops", "defaults", "input_contract", "provenance"])
@@ -411,14 +533,64 @@ def from_dict(doc: Any) -> Policy:
     )
 
 
-def loads(text: str | bytes) -> Policy:
-    """Parse and validate a policy document from JSON text."""
+def _int_field(d: dict, key: str, path: str) -> int:
+    v = d[key]
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise _fail(f"{path}.{key}", f"expected a whole number, got {_type_name(v)}")
+    return v
+
+
+def schedule_from_dict(doc: Any) -> Schedule:
+    """Validate a parsed ``augschedule/1.0`` document and build the :class:`Schedule`."""
+    _expect(doc, "", dict, "a JSON object at the top level")
+    if doc.get("schema") != SCHEDULE_SCHEMA:
+        raise _fail("schema", f"expected \"{SCHEDULE_SCHEMA}\", got {doc.get('schema')!r}")
+    _keys(doc, "", ["schema", "segments"], ["name", "provenance"])
+    segments = []
+    for i, seg in enumerate(_expect(doc["segments"], "segments", list, "an array of segments")):
+        path = f"segments[{i}]"
+        _expect(seg, path, dict, "a segment object")
+        for k in ("start_epoch", "end_epoch", "policy"):
+            if k not in seg:
+                raise _fail(f"{path}.{k}", "missing required field")
+        for k in seg:
+            if k not in ("start_epoch", "end_epoch", "policy"):
+                raise _fail(f"{path}.{k}", "unknown field (a segment holds start_epoch, end_epoch and policy)")
+        try:
+            policy = from_dict(seg["policy"])
+        except PolicyError as e:
+            raise PolicyError(f"{path}.policy: {e}") from None
+        segments.append(Segment(_int_field(seg, "start_epoch", path), _int_field(seg, "end_epoch", path), policy))
+    return Schedule(
+        tuple(segments),
+        name=_expect(doc.get("name", ""), "name", str, "a string"),
+        provenance=_expect(doc.get("provenance", {}), "provenance", dict, "an object"),
+        extras={k: v for k, v in doc.items() if isinstance(k, str) and k.startswith("x-")},
+    )
+
+
+def _parse_json(text: str | bytes) -> Any:
     try:
-        doc = json.loads(text, parse_constant=_reject_constant)
+        return json.loads(text, parse_constant=_reject_constant)
     except json.JSONDecodeError as e:
         raise PolicyError(f"not valid JSON: {e.msg} at line {e.lineno} column {e.colno}") from None
     except (UnicodeDecodeError, RecursionError) as e:
         raise PolicyError(f"not valid JSON: {type(e).__name__}") from None
+
+
+def loads(text: str | bytes) -> Policy:
+    """Parse and validate a policy document from JSON text (a schedule is a :class:`PolicyError`)."""
+    return from_dict(_parse_json(text))
+
+
+def loads_any(text: str | bytes) -> Policy | Schedule:
+    """Parse and validate a policy (``augpolicy/1.0``) or a schedule (``augschedule/1.0``) from JSON text."""
+    doc = _parse_json(text)
+    if isinstance(doc, dict) and doc.get("schema") == SCHEDULE_SCHEMA:
+        return schedule_from_dict(doc)
+    if isinstance(doc, dict) and "schema" in doc and doc["schema"] != SCHEMA:
+        raise _fail("schema", f"unsupported schema version {doc['schema']!r} "
+                              f"(this build reads \"{SCHEMA}\" and \"{SCHEDULE_SCHEMA}\")")
     return from_dict(doc)
 
 
@@ -434,15 +606,13 @@ def _pretty(obj: Any, indent: int = 0, width: int = 110) -> str:
     return "[\n" + ",\n".join(pad + _pretty(v, indent + 2, width) for v in obj) + "\n" + " " * indent + "]"
 
 
-def dumps(policy: Policy) -> str:
-    """Canonical JSON text of ``policy`` (stable: dumps(loads(dumps(p))) == dumps(p))."""
+def dumps(policy: Policy | Schedule) -> str:
+    """Canonical JSON text of a policy or schedule (stable: dumps(loads_any(dumps(p))) == dumps(p))."""
     return _pretty(policy.to_dict()) + "\n"
 
 
-def load_policy(source: str | os.PathLike | Policy) -> Policy:
-    """Load a policy from a file path, a preset name, or pass a :class:`Policy` through."""
-    if isinstance(source, Policy):
-        return source
+def _load(source: str | os.PathLike, parse: Any) -> Policy | Schedule:
+    """A preset by name, or ``parse`` of a file's bytes; errors name the file."""
     path = Path(source)
     if path.suffix != ".json" and str(source) in PRESETS:
         return preset(str(source))
@@ -453,13 +623,44 @@ def load_policy(source: str | os.PathLike | Policy) -> Policy:
     except OSError as e:
         raise PolicyError(f"{source}: cannot read ({e.strerror})") from None
     try:
-        return loads(text)
+        return parse(text)
     except PolicyError as e:
         raise PolicyError(f"{path.name}: {e}") from None
 
 
-def save_policy(policy: Policy, path: str | os.PathLike) -> Path:
-    """Write ``policy`` as canonical JSON (atomically) and return the path."""
+def load_policy(source: str | os.PathLike | Policy) -> Policy:
+    """Load a policy from a file path, a preset name, or pass a :class:`Policy` through.
+
+    A schedule file is a one-line :class:`PolicyError`: use :func:`load_policy_or_schedule` where both are fine.
+    """
+    if isinstance(source, Policy):
+        return source
+    if isinstance(source, Schedule):
+        raise PolicyError(f"schedule {source.name!r}: expected a single policy, got a schedule "
+                          "(use load_policy_or_schedule)")
+    return _load(source, loads)
+
+
+def load_policy_or_schedule(source: str | os.PathLike | Policy | Schedule) -> Policy | Schedule:
+    """Load a policy or a schedule from a file path or a preset name, or pass either object through."""
+    if isinstance(source, Policy | Schedule):
+        return source
+    return _load(source, loads_any)
+
+
+def load_schedule(source: str | os.PathLike | Policy | Schedule, epochs: int | None = None) -> Schedule:
+    """Load a schedule; a single policy (file, preset or object) becomes a constant schedule of ``epochs``."""
+    loaded = load_policy_or_schedule(source)
+    if isinstance(loaded, Schedule):
+        return loaded
+    if epochs is None:
+        raise PolicyError(f"{getattr(loaded, 'name', '') or source}: a single policy, not a schedule "
+                          "(pass epochs to use it as a constant schedule)")
+    return Schedule.constant(loaded, epochs)
+
+
+def save_policy(policy: Policy | Schedule, path: str | os.PathLike) -> Path:
+    """Write a policy or schedule as canonical JSON (atomically) and return the path."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")

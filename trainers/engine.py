@@ -52,9 +52,10 @@ class TrainConfig:
     mean: tuple[float, ...] | None = None  # per-channel, in [0, 1] units; None: computed from train_x
     std: tuple[float, ...] | None = None
     num_threads: int | None = None  # torch.set_num_threads for the duration of fit; None: leave as is
+    eval_every: int = 1  # evaluate val_x every this many epochs (and always after the last epoch)
 
     def __post_init__(self) -> None:
-        if self.epochs < 1 or self.batch_size < 1 or not 0 <= self.warmup_frac < 1 or self.lr < 0:
+        if min(self.epochs, self.batch_size, self.eval_every) < 1 or not 0 <= self.warmup_frac < 1 or self.lr < 0:
             raise ValueError(f"invalid TrainConfig: {self}")
         if self.schedule not in ("onecycle", "linear") or (self.mean is None) != (self.std is None):
             raise ValueError(f"invalid TrainConfig (schedule, or only one of mean/std given): {self}")
@@ -180,9 +181,11 @@ def fit(model: nn.Module, train_x: torch.Tensor, train_y: torch.Tensor, *, confi
 
     train_x: (N, C, H, W) uint8 or float in [0, 1], moved to ``device`` once. train_y: int64 (N,) labels or
     float (N, K) soft targets. augment(x, generator): batched per-sample augmentation of a float [0, 1]
-    batch, same shape out. loss_fn(model, x, y, idx) replaces ``default_loss``: x is the augmented,
-    normalised batch exactly as the model sees it, idx its indices into train_x; it returns the loss or
-    (loss, logits) (train_acc is nan without logits). on_epoch(metrics) returning True stops early.
+    batch, same shape out; if ``augment`` has a ``set_epoch(epoch)`` method (a schedule's augmenter) it is
+    called with the 0-based epoch before that epoch's first step. loss_fn(model, x, y, idx) replaces
+    ``default_loss``: x is the augmented, normalised batch exactly as the model sees it, idx its indices into
+    train_x; it returns the loss or (loss, logits) (train_acc is nan without logits). on_epoch(metrics)
+    returning True stops early.
     optimizer: default ``make_optimizer(model, config)``; pass one to checkpoint it from ``on_epoch`` or to
     resume (with ``start_epoch`` = the checkpoint's epoch) -- the schedule is a function of the global step
     and each group's ``initial_lr``, so there is no scheduler state. Raises TrainingDiverged on NaN/inf loss.
@@ -237,6 +240,8 @@ def _fit(model: nn.Module, train_x: torch.Tensor, train_y: torch.Tensor, config:
         torch.manual_seed(torch_seed)  # dropout / stochastic depth
         perm = torch.randperm(n, device=device, generator=torch.Generator(device).manual_seed(perm_seed))
         aug_gen = torch.Generator(device).manual_seed(aug_seed)
+        if hasattr(augment, "set_epoch"):
+            augment.set_epoch(epoch)
         model.train()
         loss_sum = torch.zeros((), device=device)
         correct = torch.zeros((), device=device, dtype=torch.long)
@@ -275,7 +280,7 @@ def _fit(model: nn.Module, train_x: torch.Tensor, train_y: torch.Tensor, config:
             torch.cuda.synchronize(device)
         seconds = time.perf_counter() - t0
         val_acc = val_loss = None
-        if val_x is not None:
+        if val_x is not None and ((epoch + 1) % config.eval_every == 0 or epoch + 1 == config.epochs):
             val_acc, val_loss = evaluate(model, val_x, val_y, device=device, batch_size=config.eval_batch_size,
                                          mean=mean, std=std, amp=config.amp, channels_last=config.channels_last)
         m = EpochMetrics(epoch=epoch + 1, train_loss=loss_sum.item() / (steps * bs),

@@ -1,7 +1,9 @@
 """Proxy trials: what one search trial runs.
 
-* :func:`train_proxy`: train a small model on the labelled split with a candidate policy (after the fixed
-  crop+flip base augmentation, which can be switched off) and report validation accuracy every epoch.
+* :func:`train_proxy`: train a small model on the labelled split with a candidate policy or schedule (after
+  the fixed crop+flip base augmentation, which can be switched off) and report validation accuracy every
+  epoch; it can continue from a checkpoint (``resume``) and hand out checkpoints (``on_state``), which is
+  what population-based training needs.
 * :class:`DensityMatcher`: Fast AutoAugment's density matching (Lim et al. 2019). Train ``k`` fold models
   once without the policy; a policy's score is the mean accuracy of those models on their held-out folds
   augmented by it (policies that keep augmented images "in distribution" score high). Seconds per trial.
@@ -12,7 +14,7 @@ tensor on the device; the policy runs through the batched :class:`~search_spaces
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
@@ -21,13 +23,23 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from search_spaces import Augmenter, Policy, load_policy
+from search_spaces import Augmenter, Policy, Schedule, ScheduledAugmenter, load_policy_or_schedule, make_augmenter
 
 from .data import ImageData, Splits, stratified_kfold
-from .engine import EpochMetrics, FitResult, TrainConfig, evaluate, fit, select_device
+from .engine import (
+    EpochMetrics,
+    FitResult,
+    TrainConfig,
+    evaluate,
+    fit,
+    make_optimizer,
+    restore_checkpoint,
+    select_device,
+    state_dict_for_checkpoint,
+)
 from .models import build_model
 
-__all__ = ["ProxyConfig", "ProxyData", "train_proxy", "build_augment", "DensityMatcher"]
+__all__ = ["ProxyConfig", "ProxyData", "train_proxy", "build_augment", "AugmentPipeline", "DensityMatcher"]
 
 
 @dataclass
@@ -99,23 +111,46 @@ class ProxyData:
 Augment = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
 
 
-def build_augment(policy: Policy | str | None, base: bool = True) -> Augment | None:
-    """The per-batch augmentation: crop+flip (if ``base``), then ``policy``; None when there is neither."""
-    stages = ([Augmenter("crop_flip")] if base else []) + ([Augmenter(policy)] if policy is not None else [])
-    if not stages:
-        return None
+class AugmentPipeline:
+    """Stages run in order on a float [0, 1] batch; ``set_epoch`` reaches the stages that follow a schedule."""
 
-    def augment(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        for stage in stages:
+    def __init__(self, stages: list[Augmenter | ScheduledAugmenter],
+                 policy_stage: Augmenter | ScheduledAugmenter | None = None) -> None:
+        self.stages = stages
+        self.policy_stage = policy_stage  # the policy's (or schedule's) stage, after the base augmentation
+
+    def set_epoch(self, epoch: int) -> None:
+        """Switch scheduled stages to 0-based ``epoch`` (``trainers.engine.fit`` calls this every epoch)."""
+        for stage in self.stages:
+            if isinstance(stage, ScheduledAugmenter):
+                stage.set_epoch(epoch)
+
+    def __call__(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        for stage in self.stages:
             x = stage(x, generator=generator)
         return x
 
-    return augment
+
+def build_augment(policy: Policy | Schedule | str | None, base: bool = True,
+                  epochs: int | None = None) -> AugmentPipeline | None:
+    """The per-batch augmentation: crop+flip (if ``base``), then ``policy``; None when there is neither.
+
+    ``policy`` is a :class:`Policy`, a :class:`Schedule`, a preset name or a policy/schedule file. A schedule
+    follows the epoch that ``trainers.engine.fit`` sets (``set_epoch``); ``epochs`` (the run's length)
+    stretches it to the run, None maps epochs one to one.
+    """
+    stage = make_augmenter(policy, epochs) if policy is not None else None
+    stages = ([Augmenter("crop_flip")] if base else []) + ([stage] if stage is not None else [])
+    return AugmentPipeline(stages, stage) if stages else None
 
 
-def _mixing_loss(policy: Policy, num_classes: int, label_smoothing: float, seed: int):
+def _has_batch_ops(source: Policy | Schedule) -> bool:
+    segments = source.segments if isinstance(source, Schedule) else ((0, 1, source),)
+    return any(seg[2].batch_ops for seg in segments)
+
+
+def _mixing_loss(mixer: Augmenter | ScheduledAugmenter, num_classes: int, label_smoothing: float, seed: int):
     """A loss that applies the policy's batch ops (cutmix/mixup) to the normalised batch and its labels."""
-    mixer = Augmenter(policy)
     generator = torch.Generator().manual_seed(seed)
 
     def loss_fn(model: nn.Module, x: torch.Tensor, y: torch.Tensor, idx: torch.Tensor):
@@ -126,22 +161,44 @@ def _mixing_loss(policy: Policy, num_classes: int, label_smoothing: float, seed:
     return loss_fn
 
 
-def train_proxy(policy: Policy | str | None, data: ProxyData, config: ProxyConfig, *,
+StateFn = Callable[[], dict[str, Any]]
+
+
+def train_proxy(policy: Policy | Schedule | str | None, data: ProxyData, config: ProxyConfig, *,
                 device: torch.device | None = None,
-                on_epoch: Callable[[EpochMetrics], bool | None] | None = None) -> FitResult:
+                on_epoch: Callable[[EpochMetrics], bool | None] | None = None,
+                resume: Mapping[str, Any] | None = None,
+                on_state: Callable[[EpochMetrics, StateFn], bool | None] | None = None) -> FitResult:
     """Train the proxy model with ``policy`` on ``data.train_*`` and evaluate on ``data.val_*`` each epoch.
 
-    ``on_epoch`` gets each epoch's metrics (Ray Tune reports from it) and may return True to stop.
+    ``policy`` is a policy, a schedule (the policy of each epoch; stretched to ``config.epochs``), a preset
+    name, a policy/schedule file or None. ``on_epoch`` gets each epoch's metrics (Ray Tune reports from it)
+    and may return True to stop. ``resume`` is a checkpoint (``trainers.engine.state_dict_for_checkpoint``:
+    model, optimizer, epoch) to continue from. ``on_state(metrics, snapshot)`` is called after ``on_epoch``;
+    ``snapshot()`` returns such a checkpoint of this epoch (CPU copies), taken only when called.
     Raises :class:`~trainers.engine.TrainingDiverged` on a NaN loss.
     """
-    policy = load_policy(policy) if policy is not None else None
+    source = load_policy_or_schedule(policy) if policy is not None else None
     device = device or select_device()
     model = config.build(data.num_classes, data.channels)
+    train_config = config.train_config()
+    optimizer = make_optimizer(model, train_config)
+    start_epoch = restore_checkpoint(dict(resume), model, optimizer) if resume is not None else 0
+    augment = build_augment(source, config.base_augment, epochs=config.epochs)
     loss_fn = None
-    if policy is not None and policy.batch_ops:
-        loss_fn = _mixing_loss(policy, data.num_classes, config.label_smoothing, config.seed)
-    return fit(model, data.train_x, data.train_y, val_x=data.val_x, val_y=data.val_y, config=config.train_config(),
-               device=device, augment=build_augment(policy, config.base_augment), loss_fn=loss_fn, on_epoch=on_epoch)
+    if source is not None and _has_batch_ops(source):
+        loss_fn = _mixing_loss(augment.policy_stage, data.num_classes, config.label_smoothing, config.seed)
+
+    def callback(m: EpochMetrics) -> bool | None:
+        stop = on_epoch(m) if on_epoch is not None else None
+        if on_state is not None:
+            stop = on_state(m, lambda: state_dict_for_checkpoint(model, optimizer, m.epoch)) or stop
+        return stop
+
+    return fit(model, data.train_x, data.train_y, val_x=data.val_x, val_y=data.val_y, config=train_config,
+               device=device, augment=augment, loss_fn=loss_fn,
+               on_epoch=callback if on_epoch is not None or on_state is not None else None,
+               start_epoch=start_epoch, optimizer=optimizer)
 
 
 class DensityMatcher:
