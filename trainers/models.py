@@ -1,4 +1,5 @@
 """Model zoo for 32x32 inputs: a fast proxy CNN and torchvision classics with small-input stems.
+EfficientNet-Lite0 (``trainers.efficientnet_lite``) has ImageNet weights that load offline.
 
 Every model maps a normalised float batch (B, in_channels, 32, 32) to logits (B, num_classes), except
 GoogLeNet in train mode, which returns ``GoogLeNetOutputs(logits, aux_logits2, aux_logits1)``; use
@@ -20,6 +21,8 @@ from torch import nn
 from torchvision import models as tvm
 from torchvision.models.googlenet import BasicConv2d, GoogLeNetOutputs, InceptionAux
 from torchvision.ops import StochasticDepth, stochastic_depth
+
+from .efficientnet_lite import EfficientNetLite0
 
 __all__ = [
     "MODEL_NAMES", "DropoutLinear", "ProxyCNN", "aux_logits", "build_model", "head", "layer_groups",
@@ -144,6 +147,11 @@ def _efficientnet_b0(num_classes: int, in_channels: int, dropout: float, sd: flo
     return m
 
 
+def _efficientnet_lite0(num_classes: int, in_channels: int, dropout: float, sd: float, **kw) -> nn.Module:
+    """EfficientNet-Lite0 (``trainers.efficientnet_lite``); ``kw``: ``input_size`` (upsampling), ``stem_stride``."""
+    return EfficientNetLite0(num_classes, in_channels, dropout=dropout, stochastic_depth=sd, **kw)
+
+
 def _regnet_y_400mf(num_classes: int, in_channels: int, dropout: float, sd: float, **kw) -> nn.Module:
     m = tvm.regnet_y_400mf(weights=None, **kw)  # Y = with squeeze-excitation
     m.stem[0] = nn.Conv2d(in_channels, m.stem[0].out_channels, 3, padding=1, bias=False)  # 32 -> 16 .. 2
@@ -179,7 +187,8 @@ _BUILDERS: dict[str, Callable[..., nn.Module]] = {
     "proxy": _proxy,
     "resnet18": _resnet(tvm.resnet18), "resnet34": _resnet(tvm.resnet34), "resnet50": _resnet(tvm.resnet50),
     "vgg11_bn": _vgg(tvm.vgg11_bn), "vgg16_bn": _vgg(tvm.vgg16_bn),
-    "densenet121": _densenet121, "efficientnet_b0": _efficientnet_b0, "googlenet": _googlenet,
+    "densenet121": _densenet121, "efficientnet_b0": _efficientnet_b0, "efficientnet_lite0": _efficientnet_lite0,
+    "googlenet": _googlenet,
     "alexnet": _alexnet, "regnet_y_400mf": _regnet_y_400mf,
 }
 MODEL_NAMES: tuple[str, ...] = tuple(_BUILDERS)
@@ -231,6 +240,8 @@ def layer_groups(model: nn.Module) -> list[nn.Module]:
         gs = [*_split_after(m.features, nn.MaxPool2d), m.classifier]
     elif isinstance(m, tvm.DenseNet):
         gs = [*_split_after(m.features, tvm.densenet._Transition), m.classifier]
+    elif isinstance(m, EfficientNetLite0):
+        gs = m.stages()
     elif isinstance(m, tvm.EfficientNet):
         gs = [*m.features, m.classifier]
     elif isinstance(m, tvm.RegNet):

@@ -1,0 +1,261 @@
+"""Knowledge distillation (Hinton et al. 2015) with a consistent teacher (Beyer et al. 2022).
+
+Stages of a run: ``teacher`` (only when no teacher checkpoint is given: trained on the labelled split with
+the policy) and ``student``. The student's loss is
+
+    alpha * T^2 * KL(softmax(teacher / T) || softmax(student / T)) + (1 - alpha) * CE(student, label)
+
+with the teacher's logits computed on the fly, in eval mode, on exactly the augmented (and optionally mixed)
+batch the student sees: the engine augments each batch once and hands it to the loss, so the policy is
+sampled once per batch for both networks. ``mixup > 0`` is Beyer's *function matching* (mixup on that batch
+before both networks see it). ``alpha = 1`` is soft-only: no labels are used, and ``unlabeled_size`` adds
+that many images from outside the splits to the student's training set.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from search_spaces import Augmenter, BatchOp, Policy, preset
+
+from ..engine import AUX_WEIGHT, TrainConfig, channel_stats, evaluate, select_device
+from ..models import MODEL_NAMES, aux_logits, main_logits
+from ..proxy import build_augment
+from .common import PipelineError, Reporter, Run, check_policy, load_policy_arg, prepare_data
+from .teacher import (
+    ModelSpec,
+    build_seeded,
+    check_model,
+    count_params,
+    from_dict,
+    is_int,
+    load_model,
+    mixing_ce_loss,
+    renorm,
+    require,
+    run_name,
+    save_model,
+    step_generator,
+)
+
+__all__ = ["DistillConfig", "DistillLoss", "kd_loss", "run_distill"]
+
+
+@dataclass
+class DistillConfig:
+    """A distillation run. Defaults suit the bundled sample on 2 CPU cores (about a minute in all).
+
+    ``teacher``: path of a model checkpoint (:mod:`trainers.pipelines.teacher`); None trains one first
+    (``teacher_model``/``teacher_kwargs``/``teacher_epochs``, ignored when a checkpoint is given).
+    """
+
+    dataset: str = "sample"
+    train_size: int = 2000
+    val_size: int = 500
+    test_size: int = 1000
+    unlabeled_size: int = 0  # extra unlabelled images for the student (soft-only: needs alpha = 1)
+    seed: int = 0
+    policy: str | None = None  # preset name or policy file, applied after base_augment
+    base_augment: bool = True  # crop+flip
+    teacher: str | None = None
+    teacher_model: str = "proxy"
+    teacher_kwargs: dict[str, Any] = field(default_factory=lambda: {"width": 32})
+    teacher_epochs: int = 10
+    student_model: str = "proxy"
+    student_kwargs: dict[str, Any] = field(default_factory=lambda: {"width": 16})
+    temperature: float = 4.0
+    alpha: float = 0.9  # weight of the KD term; 1 = soft-only, 0 = the plain-CE twin (teacher unused)
+    mixup: float = 0.0  # Beta(mixup, mixup) mixup on every batch before both networks (1.0 = U[0, 1])
+    epochs: int = 10
+    batch_size: int = 128
+    lr: float = 0.2
+    weight_decay: float = 5e-4
+    label_smoothing: float = 0.0  # CE term and the in-run teacher (smoothed teachers distil worse)
+    dropout: float = 0.0  # student
+    num_threads: int | None = None
+
+    def __post_init__(self) -> None:
+        require(isinstance(self.dataset, str) and bool(self.dataset), "dataset", "must be a non-empty string")
+        for name in ("train_size", "test_size", "epochs", "teacher_epochs", "batch_size"):
+            require(is_int(getattr(self, name)) and getattr(self, name) >= 1, name,
+                    f"must be an integer >= 1, got {getattr(self, name)!r}")
+        for name in ("val_size", "unlabeled_size", "seed"):
+            require(is_int(getattr(self, name)) and getattr(self, name) >= 0, name,
+                    f"must be an integer >= 0, got {getattr(self, name)!r}")
+        check_policy(self.policy)
+        require(self.temperature > 0, "temperature", f"must be > 0, got {self.temperature}")
+        require(0 <= self.alpha <= 1, "alpha", f"must be in [0, 1], got {self.alpha}")
+        require(self.mixup >= 0, "mixup", f"must be >= 0 (0 = off), got {self.mixup}")
+        require(self.lr > 0, "lr", f"must be > 0, got {self.lr}")
+        require(self.weight_decay >= 0, "weight_decay", f"must be >= 0, got {self.weight_decay}")
+        require(0 <= self.label_smoothing < 1, "label_smoothing", f"must be in [0, 1), got {self.label_smoothing}")
+        require(0 <= self.dropout < 1, "dropout", f"must be in [0, 1), got {self.dropout}")
+        require(self.num_threads is None or (is_int(self.num_threads) and self.num_threads >= 1), "num_threads",
+                f"must be None or >= 1, got {self.num_threads!r}")
+        require(self.unlabeled_size == 0 or self.alpha == 1, "unlabeled_size",
+                f"unlabelled images have no labels: needs alpha = 1 (soft-only), got alpha = {self.alpha}")
+        policy = load_policy_arg(self.policy)
+        require(not (self.mixup and policy is not None and policy.batch_ops), "mixup",
+                "the policy already has batch ops (cutmix/mixup); set mixup to 0")
+        if self.teacher is None:
+            require(self.teacher_model in MODEL_NAMES, "teacher_model",
+                    f"unknown model {self.teacher_model!r}; choose from {', '.join(MODEL_NAMES)}")
+            check_model("teacher", self.teacher_model, self.teacher_kwargs)
+        else:
+            require(os.path.isfile(self.teacher), "teacher", f"no such checkpoint file: {self.teacher}")
+        require(self.student_model in MODEL_NAMES, "student_model",
+                f"unknown model {self.student_model!r}; choose from {', '.join(MODEL_NAMES)}")
+        check_model("student", self.student_model, self.student_kwargs, dropout=self.dropout)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict of every field."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> DistillConfig:
+        """Inverse of :meth:`to_dict`; an unknown key is a one-line PipelineError."""
+        return from_dict(cls, d)
+
+    def train_config(self, epochs: int) -> TrainConfig:
+        """The engine config of a stage of ``epochs`` epochs."""
+        return TrainConfig(epochs=epochs, batch_size=self.batch_size, lr=self.lr, weight_decay=self.weight_decay,
+                           label_smoothing=self.label_smoothing, seed=self.seed, num_threads=self.num_threads)
+
+
+def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor | None, target: torch.Tensor, *,
+            temperature: float = 4.0, alpha: float = 0.9, label_smoothing: float = 0.0) -> torch.Tensor:
+    """``alpha * T^2 * KL(softmax(t/T) || softmax(s/T)) + (1 - alpha) * CE(s, target)``, batch means.
+
+    ``target``: int labels (B,) or soft targets (B, K); unused when ``alpha == 1``. ``teacher_logits`` may be
+    None when ``alpha == 0``. Computed in float32 at least (float64 inputs stay float64).
+    """
+    s = _at_least_f32(student_logits)
+    loss = s.new_zeros(())
+    if alpha > 0:
+        if teacher_logits is None:
+            raise ValueError("kd_loss: teacher_logits are required when alpha > 0")
+        t = _at_least_f32(teacher_logits)
+        kl = F.kl_div(F.log_softmax(s / temperature, 1), F.log_softmax(t / temperature, 1), reduction="batchmean",
+                      log_target=True)
+        loss = loss + alpha * temperature**2 * kl
+    if alpha < 1:
+        loss = loss + (1 - alpha) * F.cross_entropy(s, target, label_smoothing=label_smoothing)
+    return loss
+
+
+def _at_least_f32(x: torch.Tensor) -> torch.Tensor:
+    return x if x.dtype == torch.float64 else x.float()
+
+
+class DistillLoss:
+    """A ``fit`` loss_fn: teacher (frozen, eval mode, no grad) and student on the same batch.
+
+    ``student_norm``/``teacher_norm`` are (mean, std) pairs: the engine normalises the batch with the
+    student's statistics, and the teacher gets it converted to its own. ``mixer``: a policy whose batch ops
+    run on the batch first (function matching), with draws that replay on resume.
+    """
+
+    def __init__(self, teacher: nn.Module, *, num_classes: int, temperature: float, alpha: float,
+                 label_smoothing: float = 0.0, student_norm: tuple | None = None, teacher_norm: tuple | None = None,
+                 mixer: Policy | None = None, labelled: bool = True) -> None:
+        self.teacher = teacher.eval().requires_grad_(False)
+        self.num_classes, self.temperature, self.alpha = num_classes, temperature, alpha
+        self.label_smoothing, self.labelled = label_smoothing, labelled
+        self.mixer = Augmenter(mixer) if mixer is not None and mixer.batch_ops else None
+        self.convert = renorm(*student_norm, *teacher_norm) if student_norm and teacher_norm else None
+
+    @torch.no_grad()
+    def teacher_logits(self, x: torch.Tensor) -> torch.Tensor:
+        """Teacher logits for a batch normalised the student's way."""
+        if self.convert is not None:
+            scale, shift = (t.to(x.device) for t in self.convert)
+            x = x * scale + shift
+        return main_logits(self.teacher(x)).float()
+
+    def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, idx: torch.Tensor):
+        target = y
+        if self.mixer is not None:
+            x, target = self.mixer.mix(x, y.clamp_min(0), self.num_classes, step_generator())
+        t = self.teacher_logits(x) if self.alpha > 0 else None
+        out = model(x)
+        s = main_logits(out)
+        kw = {"temperature": self.temperature, "alpha": self.alpha, "label_smoothing": self.label_smoothing}
+        loss = kd_loss(s, t, target, **kw)
+        for a in aux_logits(out):
+            loss = loss + AUX_WEIGHT * kd_loss(a, t, target, **kw)
+        return (loss, s) if self.labelled else loss  # unlabelled rows: no train accuracy
+
+
+def run_distill(config: DistillConfig, *, output: str = "results", name: str | None = None, resume: bool = False,
+                device: str | torch.device | None = None, reporter: Reporter | None = None) -> dict[str, Any]:
+    """Run (or ``resume``) a distillation in ``<output>/<name>/``; returns the final metrics (``final.json``):
+    teacher and student test accuracy, parameter counts, per-stage epochs. Exports the student as
+    ``model.pt`` (and a trained-in-run teacher as ``teacher.pt``), both model checkpoints."""
+    dev = select_device(str(device) if device is not None else None)
+    policy = load_policy_arg(config.policy)
+    data, splits = prepare_data(config.dataset, train_size=config.train_size, val_size=config.val_size,
+                                test_size=config.test_size, unlabeled_size=config.unlabeled_size, seed=config.seed)
+    num_classes, channels = len(data.classes), int(data.images.shape[1])
+    teacher, tspec = None, None
+    if config.teacher is not None:
+        teacher, tspec = load_model(config.teacher, dev)
+        if (tspec.num_classes, tspec.in_channels) != (num_classes, channels):
+            raise PipelineError(f"teacher: {config.teacher} predicts {tspec.num_classes} classes from "
+                                f"{tspec.in_channels} channels; {config.dataset} has {num_classes} and {channels}")
+    run = Run.open(output, name or run_name("distill", config.dataset, config.seed), config.to_dict(),
+                   resume=resume, reporter=reporter)
+    splits = run.save_splits(splits)
+    train, val, test, unl = (torch.as_tensor(getattr(splits, k)) for k in ("train", "val", "test", "unlabeled"))
+    val_xy = (data.images[val], data.labels[val]) if len(val) else (None, None)
+    augment = build_augment(policy, config.base_augment)
+    stages: dict[str, dict[str, Any]] = {}
+
+    if teacher is None:
+        teacher = build_seeded(config.teacher_model, num_classes, channels, config.teacher_kwargs, config.seed)
+        loss_fn = mixing_ce_loss(policy, num_classes, config.label_smoothing) if policy and policy.batch_ops else None
+        res = run.stage("teacher", teacher, data.images[train], data.labels[train], device=dev,
+                        config=config.train_config(config.teacher_epochs), val_x=val_xy[0], val_y=val_xy[1],
+                        augment=augment, loss_fn=loss_fn)
+        tspec = ModelSpec(config.teacher_model, dict(config.teacher_kwargs), num_classes, channels, res.mean,
+                          res.std, tuple(data.classes))
+        save_model(run.folder / "teacher.pt", teacher, tspec, config.teacher_epochs)
+        stages["teacher"] = _stage_summary(res)
+    teacher = teacher.to(dev).eval()
+    teacher_acc, _ = evaluate(teacher, data.images[test], data.labels[test], device=dev, mean=tspec.mean,
+                              std=tspec.std)
+
+    x = torch.cat([data.images[train], data.images[unl]])
+    y = torch.cat([data.labels[train], torch.full((len(unl),), -1, dtype=torch.long)])
+    mean, std = channel_stats(x)
+    student = build_seeded(config.student_model, num_classes, channels, config.student_kwargs, config.seed + 1,
+                           dropout=config.dropout)
+    mixer = policy if policy is not None and policy.batch_ops else None
+    if config.mixup:
+        mixer = replace(preset("none"), batch_ops=(BatchOp("mixup", 1.0, config.mixup),), name="function-matching")
+    loss = DistillLoss(teacher, num_classes=num_classes, temperature=config.temperature, alpha=config.alpha,
+                       label_smoothing=config.label_smoothing, student_norm=(mean, std),
+                       teacher_norm=(tspec.mean, tspec.std), mixer=mixer, labelled=len(unl) == 0)
+    res = run.stage("student", student, x, y, config=replace(config.train_config(config.epochs), mean=mean, std=std),
+                    device=dev, val_x=val_xy[0], val_y=val_xy[1], augment=augment, loss_fn=loss)
+    stages["student"] = _stage_summary(res)
+    student_acc, _ = evaluate(student, data.images[test], data.labels[test], device=dev, mean=mean, std=std)
+    save_model(run.folder / "model.pt", student, ModelSpec(config.student_model, dict(config.student_kwargs),
+                                                           num_classes, channels, mean, std, tuple(data.classes)),
+               config.epochs)
+    return run.finish({"pipeline": "distill", "teacher_test_acc": teacher_acc, "student_test_acc": student_acc,
+                       "test_acc": student_acc, "student_val_acc": res.final_val_acc,
+                       "teacher_params": count_params(teacher), "student_params": count_params(student),
+                       "teacher": config.teacher or str(run.folder / "teacher.pt"), "stages": stages,
+                       "splits": splits.summary(), "device": str(dev)})
+
+
+def _stage_summary(res: Any) -> dict[str, Any]:
+    return {"epochs": len(res.history), "final_val_acc": res.final_val_acc, "best_val_acc": res.best_val_acc,
+            "seconds": round(res.seconds, 3), "train_loss": [h.train_loss for h in res.history],
+            "val_acc": [h.val_acc for h in res.history]}

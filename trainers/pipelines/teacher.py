@@ -1,0 +1,182 @@
+"""What the teacher-student pipelines (distillation, self-training) share: model specs, seeded builds,
+exported model checkpoints, and a resumable cross-entropy loss that runs a policy's batch ops.
+
+**Model checkpoint** (what a distillation teacher must be): a :func:`trainers.engine.save_checkpoint` file
+whose ``extra`` holds
+
+    format       "policy-search-model/1"
+    model        a name from :data:`trainers.models.MODEL_NAMES`
+    model_kwargs constructor kwargs without the noise knobs (e.g. ``{"width": 32}`` for ``proxy``)
+    num_classes  int;  in_channels  int (default 3)
+    mean, std    the per-channel normalisation the model was trained with, in [0, 1] units
+    classes      optional class names
+
+:func:`save_model` writes one; every pipeline run exports its final model this way (``model.pt``).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from search_spaces import Augmenter, Policy
+
+from ..engine import AUX_WEIGHT, load_checkpoint, save_checkpoint
+from ..models import aux_logits, build_model, main_logits
+from .common import PipelineError
+
+MODEL_FORMAT = "policy-search-model/1"
+_REQUIRED = ("model", "model_kwargs", "num_classes", "mean", "std")
+
+__all__ = ["MODEL_FORMAT", "ModelSpec", "build_seeded", "check_model", "count_params", "from_dict", "load_model",
+           "mixing_ce_loss", "renorm", "require", "run_name", "save_model", "step_generator"]
+
+
+@dataclass
+class ModelSpec:
+    """How to rebuild a trained model and feed it: architecture, classes, normalisation."""
+
+    model: str
+    model_kwargs: dict[str, Any]
+    num_classes: int
+    in_channels: int = 3
+    mean: tuple[float, ...] = ()
+    std: tuple[float, ...] = ()
+    classes: tuple[str, ...] = field(default_factory=tuple)
+
+    def to_extra(self) -> dict[str, Any]:
+        """The checkpoint ``extra`` dict (primitives only, ``weights_only`` loadable)."""
+        return {"format": MODEL_FORMAT, "model": self.model, "model_kwargs": dict(self.model_kwargs),
+                "num_classes": int(self.num_classes), "in_channels": int(self.in_channels),
+                "mean": [float(v) for v in self.mean], "std": [float(v) for v in self.std],
+                "classes": list(self.classes)}
+
+
+def build_seeded(name: str, num_classes: int, in_channels: int, kwargs: Mapping[str, Any], seed: int, *,
+                 dropout: float = 0.0, stochastic_depth: float = 0.0) -> nn.Module:
+    """``build_model`` initialised from ``seed`` without touching the global RNG (resume-safe)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return build_model(name, num_classes, in_channels, dropout=dropout, stochastic_depth=stochastic_depth,
+                           **kwargs)
+
+
+def count_params(model: nn.Module) -> int:
+    """Number of parameters of ``model``."""
+    return sum(p.numel() for p in model.parameters())
+
+
+def check_model(field_name: str, name: str, kwargs: Any, *, dropout: float = 0.0,
+                stochastic_depth: float = 0.0, num_classes: int = 10) -> int:
+    """Build ``name(**kwargs)`` once to validate a config; returns its parameter count for ``num_classes``.
+
+    Raises :class:`PipelineError` naming ``field_name`` (or ``stochastic_depth``) when it cannot be built.
+    """
+    if not isinstance(kwargs, dict):
+        raise PipelineError(f"{field_name}_kwargs: must be a mapping, got {kwargs!r}")
+    try:
+        model = build_model(name, num_classes, dropout=dropout, **kwargs)
+    except (ValueError, TypeError) as exc:
+        raise PipelineError(f"{field_name}_model: cannot build {name!r} with {kwargs}: {exc}") from None
+    if stochastic_depth:
+        try:
+            build_model(name, num_classes, dropout=dropout, stochastic_depth=stochastic_depth, **kwargs)
+        except (ValueError, TypeError) as exc:
+            raise PipelineError(f"stochastic_depth: {exc}") from None
+    return count_params(model)
+
+
+def save_model(path: str | os.PathLike, model: nn.Module, spec: ModelSpec, epoch: int = 0) -> None:
+    """Export ``model`` as a model checkpoint (see the module docstring) that :func:`load_model` reads."""
+    save_checkpoint(path, model, None, epoch, spec.to_extra())
+
+
+def load_model(path: str | os.PathLike, device: torch.device | str = "cpu") -> tuple[nn.Module, ModelSpec]:
+    """Rebuild the model of a model checkpoint (eval mode, on ``device``); one-line PipelineError if the file
+    is missing, unreadable, lacks a required ``extra`` key or its weights do not fit the architecture."""
+    try:
+        ckpt = load_checkpoint(path)
+    except (OSError, RuntimeError, EOFError, ValueError) as exc:
+        raise PipelineError(f"teacher: cannot read model checkpoint {path}: {exc}") from None
+    extra = ckpt.get("extra") or {}
+    missing = [k for k in _REQUIRED if k not in extra]
+    if missing:
+        raise PipelineError(f"teacher: {path} is not a model checkpoint (extra lacks {', '.join(missing)}; "
+                            "write one with trainers.pipelines.teacher.save_model)")
+    spec = ModelSpec(model=extra["model"], model_kwargs=dict(extra["model_kwargs"]),
+                     num_classes=int(extra["num_classes"]), in_channels=int(extra.get("in_channels", 3)),
+                     mean=tuple(extra["mean"]), std=tuple(extra["std"]), classes=tuple(extra.get("classes", ())))
+    try:
+        model = build_model(spec.model, spec.num_classes, spec.in_channels, **spec.model_kwargs)
+        model.load_state_dict(ckpt["model"])
+    except (ValueError, TypeError, RuntimeError) as exc:
+        raise PipelineError(f"teacher: weights in {path} do not fit {spec.model}({spec.model_kwargs}): "
+                            f"{exc}") from None
+    return model.to(device).eval(), spec
+
+
+def step_generator() -> torch.Generator:
+    """A CPU generator seeded from the global torch RNG, which the engine reseeds every epoch from
+    (seed, epoch): batch-op draws made with it replay exactly when a stage resumes mid-run."""
+    return torch.Generator().manual_seed(int(torch.randint(0, 2**62, (1,))))
+
+
+def mixing_ce_loss(policy: Policy, num_classes: int, label_smoothing: float):
+    """A ``fit`` loss_fn: the policy's batch ops (cutmix/mixup) on the batch and its (soft) labels, then
+    cross-entropy (plus GoogLeNet's auxiliary heads); resume-exact through :func:`step_generator`."""
+    mixer = Augmenter(policy)
+
+    def loss_fn(model: nn.Module, x: torch.Tensor, y: torch.Tensor, idx: torch.Tensor):
+        x, soft = mixer.mix(x, y, num_classes, step_generator())
+        out = model(x)
+        logits = main_logits(out)
+        loss = F.cross_entropy(logits.float(), soft, label_smoothing=label_smoothing)
+        for a in aux_logits(out):
+            loss = loss + AUX_WEIGHT * F.cross_entropy(a.float(), soft, label_smoothing=label_smoothing)
+        return loss, logits
+
+    return loss_fn
+
+
+def renorm(src_mean: Sequence[float], src_std: Sequence[float], dst_mean: Sequence[float],
+           dst_std: Sequence[float]) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """(scale, shift) per channel taking an input normalised with src to one normalised with dst
+    (``x_dst = x_src * scale + shift``), or None when both normalisations agree."""
+    sm, ss, dm, ds = (torch.tensor(v, dtype=torch.float32).view(1, -1, 1, 1)
+                      for v in (src_mean, src_std, dst_mean, dst_std))
+    if torch.allclose(sm, dm, rtol=0, atol=1e-7) and torch.allclose(ss, ds, rtol=0, atol=1e-7):
+        return None
+    return ss / ds, (sm - dm) / ds
+
+
+def run_name(prefix: str, dataset: str, seed: int) -> str:
+    """Default run folder name, stable so that ``resume`` finds it: ``<prefix>-<dataset stem>-seed<seed>``."""
+    stem = os.path.basename(str(dataset).rstrip("/\\")).split(".")[0] or "data"
+    stem = "".join(c if c.isalnum() or c in "-_" else "-" for c in stem)
+    return f"{prefix}-{stem}-seed{seed}"
+
+
+def require(ok: bool, field_name: str, message: str) -> None:
+    """Config validation: raise a one-line :class:`PipelineError` ``"<field>: <message>"`` unless ``ok``."""
+    if not ok:
+        raise PipelineError(f"{field_name}: {message}")
+
+
+def is_int(v: Any) -> bool:
+    """True for an int that is not a bool."""
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def from_dict(cls: type, d: Mapping[str, Any]) -> Any:
+    """Build the config dataclass ``cls`` from a mapping; unknown keys are a one-line PipelineError."""
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(d) - known)
+    if unknown:
+        raise PipelineError(f"{unknown[0]}: unknown {cls.__name__} key (known: {', '.join(sorted(known))})")
+    return cls(**d)
