@@ -26,7 +26,7 @@ from search_spaces.policy import one_line
 from search_spaces.spaces import SPACES_BY_NAME, baseline_params, check_ops, grid_space
 from trainers.proxy import ProxyConfig
 
-__all__ = ["CampaignConfig", "ProxyBudget", "Resources", "ConfigError", "load_config", "PASSWORD_ENV"]
+__all__ = ["CampaignConfig", "ProxyBudget", "PBTOptions", "Resources", "ConfigError", "load_config", "PASSWORD_ENV"]
 
 PASSWORD_ENV = "POLICY_SEARCH_DB_PASSWORD"
 
@@ -77,8 +77,29 @@ class ProxyBudget(_Model):
     base_augment: bool = _P.base_augment
 
 
+class PBTOptions(_Model):
+    """Population-based search (``mode: pbt``): PBA's settings, sized for a CPU by default.
+
+    PBA (Ho et al. 2019) used 16 members, a perturbation every 3 epochs, resampling with probability 0.2
+    and shifts of up to 3 bins, starting from no augmentation (``init: zero``).
+    """
+
+    population_size: int = Field(8, ge=2)
+    perturbation_interval: int = Field(2, ge=1)  # epochs between exploit/explore steps (and checkpoints)
+    resample_probability: float = Field(0.2, ge=0, le=1)
+    max_shift: int = Field(3, ge=0, le=10)  # explore moves a bin by up to this many steps
+    quantile_fraction: float = Field(0.25, gt=0, le=0.5)  # bottom fraction clones the top fraction
+    init: Literal["zero", "random"] = "zero"  # initial bins: all 0 (PBA) or uniform
+    synch: bool = False  # True: the whole population waits at each perturbation (PBA: False, asynchronous)
+    ops: list[str] | None = None  # None: PBA's 15 ops
+    copies: int = Field(2, ge=1, le=4)  # instances of each op
+
+
 class CampaignConfig(_Model):
     """Everything one campaign needs; see the module docstring for storage and secrets."""
+
+    mode: Literal["search", "pbt"] = "search"  # search: Optuna proposes fixed policies; pbt: a PBA schedule
+    pbt: PBTOptions = Field(default_factory=PBTOptions)
 
     name: str = "quickstart"
     dataset: str = "sample"
@@ -100,6 +121,7 @@ class CampaignConfig(_Model):
     num_cpus: int | None = Field(None, ge=1)  # local Ray only; None: all cores
     baselines: list[str] | None = None  # None: the space's natural baseline (RandAugment(2, 9) for randaugment)
     top_k: int = Field(3, ge=1)
+    reuse_actors: bool = True  # run trials in reused Ray workers (False: a fresh worker process per trial)
 
     @field_validator("name")
     @classmethod
@@ -139,9 +161,26 @@ class CampaignConfig(_Model):
                     raise PolicyError(f"baselines[{i}]: {str(exc).split(': ', 1)[-1]}") from None
         except PolicyError as exc:
             raise ValueError(str(exc)) from None
-        if self.max_concurrent > self.num_trials:
-            self.__dict__["max_concurrent"] = self.num_trials
+        if self.mode == "pbt":
+            self._check_pbt()
+        limit = self.pbt.population_size if self.mode == "pbt" else self.num_trials
+        if self.max_concurrent > limit:
+            self.__dict__["max_concurrent"] = limit
         return self
+
+    def _check_pbt(self) -> None:
+        from search_spaces.pba import check_pba_ops
+
+        if self.objective != "proxy":
+            raise ValueError(f"objective: pbt mode trains proxies (objective 'proxy'), got {self.objective!r}")
+        if self.pbt.perturbation_interval >= self.proxy.epochs:
+            raise ValueError(f"pbt.perturbation_interval: must be < proxy.epochs ({self.proxy.epochs}) or the "
+                             f"population never perturbs, got {self.pbt.perturbation_interval}")
+        if self.pbt.ops is not None:
+            try:
+                check_pba_ops(self.pbt.ops, self.pbt.copies)
+            except PolicyError as exc:
+                raise ValueError(str(exc)) from None
 
     # -- derived values ------------------------------------------------------------------------------------
 
@@ -213,7 +252,7 @@ def _strip_password(url: str) -> str:
     try:
         from sqlalchemy.engine import make_url
 
-        return make_url(url).set(password=None).render_as_string(hide_password=False)
+        return make_url(url)._replace(password=None).render_as_string(hide_password=False)  # set() keeps None
     except Exception:
         return _mask(url)
 

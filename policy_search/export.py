@@ -9,7 +9,7 @@ from typing import Literal
 
 import torch
 
-from search_spaces import Augmenter, Policy, load_policy, save_policy
+from search_spaces import Augmenter, Policy, Schedule, load_policy, load_policy_or_schedule, save_policy
 from search_spaces.export import ExportError
 
 __all__ = ["export_campaign", "preview_policy", "ranked_policies", "ExportError", "FORMATS"]
@@ -52,7 +52,8 @@ def export_campaign(folder: str | os.PathLike, top: int = 3,
     """Write the top ``top`` policies of a campaign to ``out`` (default ``<folder>/export/<fmt>``).
 
     json: the policy files; torchvision: ``rank<i>.py`` loading ``rank<i>.json`` (no pickles); timm: ``rank<i>.txt``
-    with the ``auto_augment`` string. Raises ExportError (one line) when a policy has no timm form.
+    with the ``auto_augment`` string. Raises ExportError (one line) when a policy has no timm form. A pbt
+    campaign ranks schedules (``augschedule/1.0``), which export as json only.
     """
     if fmt not in FORMATS:
         raise ExportError(f"format: must be one of {', '.join(FORMATS)}, got {fmt!r}")
@@ -61,8 +62,11 @@ def export_campaign(folder: str | os.PathLike, top: int = 3,
     out_dir.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
     for i, src in enumerate(ranked_policies(folder, top), start=1):
-        policy = load_policy(src)
+        policy = load_policy_or_schedule(src)
         stem = f"rank{i}"
+        if isinstance(policy, Schedule) and fmt != "json":
+            raise ExportError(f"{stem}: a schedule (pbt campaign) exports as json only, not {fmt} "
+                              "(replay it with trainers.proxy.build_augment or search_spaces.ScheduledAugmenter)")
         if fmt == "timm":
             try:
                 text = policy.to_timm()

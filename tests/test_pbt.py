@@ -1,0 +1,139 @@
+"""PBT mode end to end: a tiny population on the bundled sample perturbs, exports a schedule a trainer replays,
+``status``/``export``/``resume`` understand it; config checks of the mode."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import ray
+from typer.testing import CliRunner
+
+from policy_search.campaign import resume_campaign, run_campaign
+from policy_search.cli import app
+from policy_search.config import ConfigError, load_config
+from policy_search.pbt import PBAExplore, schedule_from_history
+from search_spaces import Schedule, load_policy_or_schedule
+from search_spaces.pba import PBA_OPS, random_params
+from trainers.data import load_dataset, make_splits
+from trainers.proxy import ProxyConfig, ProxyData, build_augment, train_proxy
+
+runner = CliRunner()
+EPOCHS = 4
+TINY = {"mode": "pbt", "train_size": 500, "val_size": 250, "proxy.epochs": EPOCHS, "proxy.width": 8,
+        "pbt.population_size": 4, "pbt.perturbation_interval": 1, "pbt.init": "random", "pbt.synch": True,
+        "max_concurrent": 4, "resources.cpu": 0.5, "num_cpus": 2}
+
+
+@pytest.fixture(scope="module")
+def campaign(tmp_path_factory) -> Path:
+    """A finished tiny pbt campaign (4 members x 4 epochs, synchronous perturbation every epoch)."""
+    if not ray.is_initialized():
+        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    seen = []
+    cfg = load_config(overrides={**TINY, "name": "pbt", "output": str(tmp_path_factory.mktemp("pbt"))})
+    result = run_campaign(cfg, on_progress=seen.append)
+    assert seen and seen[-1].total == 16 and seen[-1].done == 16
+    assert result.counts == {"COMPLETE": 4, "FAILED": 0, "RUNNING": 0}
+    return result.folder
+
+
+@pytest.mark.slow
+def test_population_perturbs_and_the_best_schedule_matches_its_lineage(campaign):
+    for name in ("population.csv", "best_schedule.json", "schedule.png", "summary.json", "top_k/rank1.json",
+                 "config.yaml", "splits.json"):
+        assert (campaign / name).is_file(), name
+    summary = json.loads((campaign / "summary.json").read_text())
+    assert summary["perturbations"] >= 1 and summary["exploited_epochs"] >= 1
+    population = pd.read_csv(campaign / "population.csv").fillna({"exploited_from": ""})
+    assert set(population["member"]) == set(population.groupby("member")["epoch"].max().index)
+    assert (population.groupby("member")["epoch"].max() == EPOCHS).all()
+    assert (population["exploited_from"] != "").sum() == summary["exploited_epochs"]
+
+    schedule = load_policy_or_schedule(campaign / "best_schedule.json")
+    assert isinstance(schedule, Schedule) and schedule.epochs == EPOCHS
+    prov = schedule.provenance
+    assert prov["member"] == summary["best_member"] and prov["score"] == pytest.approx(summary["best_score"])
+    lineage = prov["lineage"]
+    assert lineage[0]["start_epoch"] == 0 and lineage[-1]["end_epoch"] == EPOCHS
+    assert lineage[-1]["member"] == prov["member"]
+    assert all(a["end_epoch"] == b["start_epoch"] for a, b in zip(lineage, lineage[1:], strict=False))
+    names = [c for c in population.columns if c.startswith(("p_", "m_"))]
+    for piece in lineage:  # every epoch of the schedule is a reported epoch of the member that trained it
+        rows = population[population["member"] == piece["member"]]
+        for epoch in range(piece["start_epoch"], piece["end_epoch"]):
+            params = schedule.policy_at(epoch).provenance["pba_params"]
+            reported = rows[rows["epoch"] == epoch + 1][names].to_dict("records")
+            assert params in reported, (piece, epoch)
+
+
+@pytest.mark.slow
+def test_a_trainer_replays_the_exported_schedule(campaign):
+    result = runner.invoke(app, ["export", str(campaign), "--top", "1"])
+    assert result.exit_code == 0, result.output
+    exported = Path(result.output.split()[-1])
+    assert exported.read_bytes() == (campaign / "best_schedule.json").read_bytes()
+    schedule = load_policy_or_schedule(exported)
+    sample = load_dataset("sample")
+    data = ProxyData.from_dataset(sample, make_splits(sample.labels.numpy(), train_size=256, val_size=128, seed=1))
+    config = ProxyConfig(width=8, epochs=EPOCHS, batch_size=64, num_threads=2)
+    augment = build_augment(exported, epochs=EPOCHS)
+    used = []
+    for epoch in range(EPOCHS):
+        augment.set_epoch(epoch)
+        used.append(augment.policy_stage.policy)
+    assert used == [schedule.policy_at(e) for e in range(EPOCHS)]
+    fit = train_proxy(exported, data, config)
+    assert [m.epoch for m in fit.history] == [1, 2, 3, 4] and fit.final_val_acc is not None
+    result = runner.invoke(app, ["export", str(campaign), "--format", "torchvision"])
+    assert result.exit_code == 2 and result.output.strip().splitlines()[-1].startswith("error: rank1: a schedule")
+
+
+@pytest.mark.slow
+def test_status_shows_population_and_lineage_and_resume_reruns_nothing(campaign):
+    result = runner.invoke(app, ["status", str(campaign)])
+    assert result.exit_code == 0, result.output
+    assert "pbt population 4/4" in result.output and "lineage: " in result.output
+    before = (campaign / "population.csv").read_text()
+    resumed = resume_campaign(campaign)
+    assert resumed.counts["COMPLETE"] == 4
+    assert (campaign / "population.csv").read_text() == before
+
+
+def test_explore_and_schedule_reconstruction():
+    explore = PBAExplore(resample_probability=0.2, max_shift=3, seed=0)
+    start = random_params(random.Random(1))
+    moved = explore({"params": start, "other": 1})
+    assert moved["other"] == 1 and moved["params"] != start and set(moved["params"]) == set(start)
+    history = [{"epoch": 1, "member": "a", "params": start}, {"epoch": 2, "member": "a", "params": start},
+               {"epoch": 3, "member": "b", "params": moved["params"]}]
+    schedule, lineage = schedule_from_history(history, PBA_OPS, 2)
+    assert [(s.start_epoch, s.end_epoch) for s in schedule.segments] == [(0, 2), (2, 3)]
+    assert lineage == [{"member": "a", "start_epoch": 0, "end_epoch": 2}, {"member": "b", "start_epoch": 2,
+                                                                         "end_epoch": 3}]
+
+
+@pytest.mark.parametrize(("overrides", "message"), [
+    ({"objective": "density"}, "objective: pbt mode trains proxies"),
+    ({"pbt.perturbation_interval": 5}, "pbt.perturbation_interval: must be < proxy.epochs (5)"),
+    ({"pbt.ops": ["rotate", "spin"]}, "pbt.ops: unknown op 'spin'"),
+    ({"pbt.ops": ["rotate", "rotate"]}, "pbt.ops: an op is listed twice"),
+    ({"pbt.population_size": 1}, "pbt.population_size: must be >= 2, got 1"),
+    ({"pbt.resample_probability": 1.5}, "pbt.resample_probability: must be <= 1"),
+])
+def test_pbt_config_errors_are_one_line(overrides, message):
+    with pytest.raises(ConfigError) as info:
+        load_config(overrides={"mode": "pbt", **overrides})
+    assert str(info.value).startswith(message) and "\n" not in str(info.value)
+    cfg = load_config(overrides={"mode": "pbt", "pbt.population_size": 3, "max_concurrent": 8})
+    assert cfg.max_concurrent == 3  # capped by the population
+
+
+def test_cli_run_pbt_errors_are_one_line(tmp_path):
+    result = runner.invoke(app, ["run", "--mode", "pbt", "--interval", "9", "--output", str(tmp_path), "-q"])
+    assert result.exit_code == 2
+    assert result.output.strip() == ("error: pbt.perturbation_interval: must be < proxy.epochs (5) or the population "
+                                     "never perturbs, got 9")
