@@ -1,5 +1,8 @@
 """The campaign loop: one Ray Tune experiment driven by OptunaSearch, results in ``<output>/<name>/``.
 
+``mode: pbt`` campaigns share the folder, config, data and Ray set-up here and run their population in
+:mod:`policy_search.pbt` (Ray's PopulationBasedTraining, no Optuna study).
+
 Folder layout: ``config.yaml`` (the validated config, secrets stripped), ``study.db`` (the Optuna study,
 unless ``storage`` names another database), ``splits.json``, ``tune/`` (Tune's experiment, restorable) and
 the result files written by :mod:`policy_search.results`.
@@ -37,19 +40,21 @@ import yaml  # noqa: E402
 from optuna.trial import TrialState  # noqa: E402
 from ray import tune  # noqa: E402
 from ray.tune.schedulers import ASHAScheduler  # noqa: E402
+from ray.tune.search import Searcher  # noqa: E402
 from ray.tune.search.optuna import OptunaSearch  # noqa: E402
 
 from search_spaces.spaces import SPACES_BY_NAME, baseline_params, grid_space, policy_from_params  # noqa: E402
 from trainers.data import load_dataset, make_splits  # noqa: E402
 from trainers.proxy import DensityMatcher, ProxyConfig, ProxyData, train_proxy  # noqa: E402
 
-from .config import CampaignConfig, validate_config  # noqa: E402
+from .config import PASSWORD_ENV, CampaignConfig, validate_config  # noqa: E402
 
 __all__ = ["CampaignResult", "CampaignError", "Progress", "TrialJob", "CampaignSearch", "run_campaign",
            "resume_campaign", "run_trial", "load_study", "load_campaign_config", "fail_stale_trials",
-           "prepare_data", "ray_session", "tune_dir", "STUDY_ATTR"]
+           "prepare_data", "ray_session", "tune_dir", "STUDY_ATTR", "STALE_ATTR"]
 
 STUDY_ATTR = "tune_trial_id"  # Optuna user attr joining a study trial to its Tune trial
+STALE_ATTR = "stale"  # Optuna user attr of a trial left RUNNING by a killed driver (FAILed on resume)
 TUNE_NAME = "tune"
 
 
@@ -116,18 +121,46 @@ def run_trial(config: dict[str, Any], *, job: TrialJob, payload: ProxyData | Den
 
 
 class CampaignSearch(OptunaSearch):
-    """OptunaSearch that (1) records the Tune trial id on each study trial and (2) tells Optuna the truth about
-    errored trials (FAIL, even after some reports) and ASHA-stopped ones (PRUNED, not COMPLETE)."""
+    """OptunaSearch that (1) records the Tune trial id on each study trial, (2) tells Optuna the truth about
+    errored trials (FAIL, even after some reports) and ASHA-stopped ones (PRUNED, not COMPLETE) and (3) after
+    ``Tuner.restore`` reconciles Tune's snapshot with the study, which may be ahead of it (see :meth:`restore`)."""
 
-    def __init__(self, *args: Any, max_t: int | None = None, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, max_t: int | None = None, num_trials: int | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._max_t = max_t
+        self._num_trials = num_trials
+        self._recovered = 0  # study trials that finished after Tune's last snapshot, unknown to Tune
+        self._finished_in_study: set[str] = set()  # Tune trials to re-run whose study trial already finished
 
-    def suggest(self, trial_id: str) -> dict | None:
+    def restore(self, checkpoint_path: str) -> None:
+        """Restore the searcher state of Tune's last snapshot, then reconcile it with the study.
+
+        A trial that finished after the snapshot is either unknown to the restored Tune experiment (it stays in
+        the study, ``trials.csv`` lists it from there and it counts towards ``num_trials``) or known to it as
+        unfinished (Tune runs it again; the study keeps its first result, see :meth:`_record_rerun`).
+        """
+        super().restore(checkpoint_path)
+        trials = self._ot_study.get_trials(deepcopy=False)
+        state = {t._trial_id: t.state for t in trials}
+        self._recovered = sum(1 for t in trials if t.state.is_finished() and not t.user_attrs.get(STALE_ATTR)
+                              and t.user_attrs.get(STUDY_ATTR) not in self._ot_trials)
+        self._finished_in_study = {tid for tid, ot in self._ot_trials.items() if tid not in self._completed_trials
+                                   and state.get(ot._trial_id, TrialState.RUNNING).is_finished()}
+
+    def suggest(self, trial_id: str) -> dict | str | None:
+        total = getattr(self, "_num_trials", None)
+        if (total is not None and trial_id not in self._ot_trials
+                and len(self._ot_trials) + getattr(self, "_recovered", 0) >= total):
+            return Searcher.FINISHED  # trials recovered from the study already make up the request
         cfg = super().suggest(trial_id)
         if trial_id in self._ot_trials:
             self._ot_trials[trial_id].set_user_attr(STUDY_ATTR, trial_id)
         return cfg
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        if trial_id in getattr(self, "_finished_in_study", ()):
+            return  # a re-run of a trial the study already finished: it takes no more reports
+        super().on_trial_result(trial_id, result)
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         if trial_id in self._ot_trials and trial_id not in self._completed_trials:
@@ -150,8 +183,13 @@ class CampaignSearch(OptunaSearch):
         super().on_trial_complete(trial_id, result=result, error=error)
 
     def _record_rerun(self, trial_id: str, ot_trial: optuna.Trial, result: dict | None, error: bool) -> None:
-        """A trial FAILed by :func:`fail_stale_trials` finished after ``Tuner.restore``: add it as a new trial."""
+        """A trial re-run after ``Tuner.restore`` finished. If the study already has its result (it finished
+        after Tune's last snapshot), that first result stands; if :func:`fail_stale_trials` FAILed it, the
+        re-run's result is added as a new study trial."""
         frozen = self._ot_study._storage.get_trial(ot_trial._trial_id)
+        if frozen.state in (TrialState.COMPLETE, TrialState.PRUNED):
+            self._completed_trials.add(trial_id)
+            return
         value = None if (error or not result) else result.get(self.metric)
         pruned = bool(self._max_t and result and result.get("training_iteration", self._max_t) < self._max_t)
         state = TrialState.FAIL if value is None else (TrialState.PRUNED if pruned else TrialState.COMPLETE)
@@ -172,10 +210,30 @@ def tune_dir(folder: Path) -> Path:
     return Path(folder) / TUNE_NAME
 
 
+class SecretStorage(optuna.storages.RDBStorage):
+    """RDBStorage that pickles its URL without the password (Tune pickles the searcher into ``tune/``);
+    unpickling (resume) fills it in again from ``$POLICY_SEARCH_DB_PASSWORD``."""
+
+    def __getstate__(self) -> dict[Any, Any]:
+        from sqlalchemy.engine import make_url
+
+        state = super().__getstate__()
+        state["url"] = make_url(self.url)._replace(password=None).render_as_string(hide_password=False)
+        return state
+
+    def __setstate__(self, state: dict[Any, Any]) -> None:
+        from sqlalchemy.engine import make_url
+
+        url = make_url(state["url"])
+        if url.password is None and os.environ.get(PASSWORD_ENV):
+            state = {**state, "url": url.set(password=os.environ[PASSWORD_ENV]).render_as_string(hide_password=False)}
+        super().__setstate__(state)
+
+
 def _storage(config: CampaignConfig) -> optuna.storages.RDBStorage:
     url = config.storage_url()
     kwargs = {"connect_args": {"timeout": 30}} if url.startswith("sqlite") else None
-    return optuna.storages.RDBStorage(url, engine_kwargs=kwargs)
+    return SecretStorage(url, engine_kwargs=kwargs)
 
 
 def load_study(config: CampaignConfig) -> optuna.Study:
@@ -225,6 +283,7 @@ def _tuner(config: CampaignConfig, trainable: Any) -> tune.Tuner:
     searcher = CampaignSearch(
         space=partial(SPACES_BY_NAME[config.space], **opts), metric="val_acc", mode="max",
         sampler=_sampler(config), storage=_storage(config), study_name=config.name, max_t=max_t,
+        num_trials=config.num_trials,
         points_to_evaluate=[baseline_params(config.space, b, **opts) for b in config.resolved_baselines()] or None,
     )
     scheduler = (ASHAScheduler(time_attr="training_iteration", max_t=max_t, grace_period=1, reduction_factor=2)
@@ -233,7 +292,7 @@ def _tuner(config: CampaignConfig, trainable: Any) -> tune.Tuner:
         trainable,
         tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler, metric="val_acc", mode="max",
                                     num_samples=config.num_trials, max_concurrent_trials=config.max_concurrent,
-                                    trial_dirname_creator=trial_dirname),
+                                    trial_dirname_creator=trial_dirname, reuse_actors=config.reuse_actors),
         run_config=tune.RunConfig(name=TUNE_NAME, storage_path=str(config.folder),
                                   failure_config=tune.FailureConfig(max_failures=0), verbose=0),
     )
@@ -305,6 +364,10 @@ def run_campaign(config: CampaignConfig | dict[str, Any],
     _save_config(config)
     t0 = time.monotonic()
     data, splits, proxy_data = prepare_data(config)
+    if config.mode == "pbt":
+        from .pbt import fit_pbt
+
+        return fit_pbt(config, proxy_data, data, t0, on_progress)
     with ray_session(config):
         tuner = _tuner(config, _trainable(config, proxy_data))  # creates the study before the watcher reads it
         with _watch(config, on_progress, t0):
@@ -332,6 +395,7 @@ def fail_stale_trials(config: CampaignConfig) -> int:
         return 0
     stale = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
     for t in stale:
+        study._storage.set_trial_user_attr(t._trial_id, STALE_ATTR, True)
         study.tell(t.number, state=TrialState.FAIL, skip_if_finished=True)
     return len(stale)
 
@@ -347,6 +411,12 @@ def resume_campaign(folder: str | os.PathLike, resume_errored: bool = False, ray
     exp = tune_dir(config.folder)
     if not tune.Tuner.can_restore(str(exp)):
         raise CampaignError(f"{folder}: nothing to resume (no Tune experiment in {exp})")
+    if config.mode == "pbt":  # no study: PBT runs without Optuna
+        from .pbt import fit_pbt
+
+        t0 = time.monotonic()
+        data, _, proxy_data = prepare_data(config)
+        return fit_pbt(config, proxy_data, data, t0, on_progress, restore=True, resume_errored=resume_errored)
     fail_stale_trials(config)
     t0 = time.monotonic()
     data, _, proxy_data = prepare_data(config)

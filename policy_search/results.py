@@ -4,7 +4,8 @@
 user attr: ``number`` (study trial number), ``trial_id``, ``status`` (COMPLETE, PRUNED = stopped early by
 ASHA, FAILED), ``val_acc`` (last reported), ``best_val_acc``, ``epochs``, ``val_acc_history``
 (``;``-separated per epoch), ``duration_s``, ``node_id``, ``error`` and one ``param_<name>`` column per
-searched parameter.
+searched parameter. A trial that finished after Tune's last experiment snapshot before a crash is known only to
+the study; its row comes from there (empty ``node_id``), so ``trials.csv`` and the study always agree.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from ray.tune import ResultGrid
 from search_spaces import save_policy
 from search_spaces.spaces import policy_from_params
 
-from .campaign import STUDY_ATTR, CampaignResult, load_study
+from .campaign import STALE_ATTR, STUDY_ATTR, CampaignResult, load_study
 from .config import CampaignConfig
 from .export import preview_policy
 
@@ -76,10 +77,32 @@ def trials_table(config: CampaignConfig, grid: ResultGrid, study: optuna.Study |
             "error": _error_line(result.error),
             **{f"param_{k}": v for k, v in params.items()},
         })
+    seen = {row["trial_id"] for row in rows}
+    for t in study.get_trials(deepcopy=False) if study is not None else ():
+        trial_id = t.user_attrs.get(STUDY_ATTR)
+        if trial_id and trial_id not in seen and t.state.is_finished() and not t.user_attrs.get(STALE_ATTR):
+            rows.append(_study_only_row(t, trial_id, max_t))  # finished after Tune's last snapshot, then a crash
+            seen.add(trial_id)
     df = pd.DataFrame(rows)
     if not df.empty:
         df = df.sort_values(["number", "trial_id"], na_position="last").reset_index(drop=True)
     return df
+
+
+def _study_only_row(t: optuna.trial.FrozenTrial, trial_id: str, max_t: int) -> dict[str, Any]:
+    """The ``trials.csv`` row of a trial only the study knows: it finished after Tune's last experiment snapshot
+    and the driver died before the next one, so the restored Tune experiment never saw it finish."""
+    accs = [t.intermediate_values[k] for k in sorted(t.intermediate_values)]
+    status = {"COMPLETE": "COMPLETE", "PRUNED": "PRUNED"}.get(t.state.name, "FAILED")
+    value = t.value if status == "COMPLETE" else (accs[-1] if accs and status == "PRUNED" else np.nan)
+    seconds = (t.datetime_complete - t.datetime_start).total_seconds() if t.datetime_complete and t.datetime_start \
+        else 0.0
+    return {"number": t.number, "trial_id": trial_id, "status": status, "val_acc": value,
+            "best_val_acc": max(accs) if accs else value, "epochs": max_t if status == "COMPLETE" else len(accs),
+            "val_acc_history": ";".join(f"{a:.4f}" for a in accs), "duration_s": round(seconds, 2),
+            "node_id": "", "hostname": "",
+            "error": "" if status != "FAILED" else "failed after Tune's last snapshot (reason not recorded)",
+            **{f"param_{k}": v for k, v in t.params.items()}}
 
 
 def read_trials(folder: str | os.PathLike) -> pd.DataFrame:

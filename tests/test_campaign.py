@@ -102,17 +102,25 @@ _DRIVER = textwrap.dedent("""
     import sys
     from policy_search.campaign import run_campaign
     from policy_search.config import load_config
-    run_campaign(load_config(overrides=dict(output=sys.argv[1], name="killed", num_trials=6, max_concurrent=1,
+    run_campaign(load_config(overrides=dict(output=sys.argv[1], name="killed", num_trials=10, max_concurrent=1,
                  train_size=300, val_size=150, num_cpus=2, **{"proxy.epochs": 1, "proxy.width": 8})))
 """)
 
 
+def _tune_finished(folder: Path) -> int:
+    """Trials TERMINATED in the latest Tune experiment snapshot of a campaign folder."""
+    latest = max((folder / "tune").glob("experiment_state-*.json"), key=lambda p: p.stat().st_mtime)
+    states = json.loads(latest.read_text())["trial_data"]
+    return sum(json.loads(state)["status"] == "TERMINATED" for state, _ in states)
+
+
 @pytest.mark.slow
-def test_resume_after_kill_9(tmp_path, ray_local):
-    env = {**os.environ, "TUNE_GLOBAL_CHECKPOINT_S": "1"}
+@pytest.mark.parametrize("snapshot_s", ["1", "3600"])  # 3600: every trial finishes after Tune's last snapshot
+def test_resume_after_kill_9(tmp_path, ray_local, snapshot_s):
+    env = {**os.environ, "TUNE_GLOBAL_CHECKPOINT_S": snapshot_s}
     proc = subprocess.Popen([sys.executable, "-c", _DRIVER, str(tmp_path)], env=env, start_new_session=True,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    cfg = load_config(overrides={"output": str(tmp_path), "name": "killed", "num_trials": 6})
+    cfg = load_config(overrides={"output": str(tmp_path), "name": "killed", "num_trials": 10})
     storage = cfg.storage_url()
     deadline, done = time.monotonic() + 240, []
     try:
@@ -127,25 +135,30 @@ def test_resume_after_kill_9(tmp_path, ray_local):
                 break
             time.sleep(0.3)
         assert len(done) >= 2, "the campaign did not complete two trials in time"
-        time.sleep(1.5)  # let Tune snapshot the experiment (TUNE_GLOBAL_CHECKPOINT_S=1)
+        if snapshot_s == "1":
+            time.sleep(1.5)  # Tune snapshots the experiment meanwhile
     finally:
         os.killpg(proc.pid, signal.SIGKILL)  # the driver and the Ray processes it started
         proc.wait()
     before = {t.user_attrs["tune_trial_id"]: t.value for t in
               optuna.load_study(study_name="killed", storage=storage).trials if t.state == TrialState.COMPLETE}
-    assert len(before) < 6, "campaign finished before the kill; nothing to resume"
+    assert len(before) < 10, "campaign finished before the kill; nothing to resume"
+    if snapshot_s == "3600":  # the gap under test: the study is ahead of Tune's snapshot
+        assert _tune_finished(tmp_path / "killed") < len(before)
 
     result = resume_campaign(tmp_path / "killed")
     df = pd.read_csv(result.folder / "trials.csv")
-    assert len(df) == 6 and df["trial_id"].is_unique
-    assert (df["status"] == "COMPLETE").sum() == 6
-    for trial_id, value in before.items():  # completed before the kill: kept exactly once, not re-run
+    assert len(df) == 10 and df["trial_id"].is_unique
+    assert (df["status"] == "COMPLETE").sum() == 10
+    for trial_id, value in before.items():  # completed before the kill: kept exactly once, with its value
         rows = df[df["trial_id"] == trial_id]
         assert len(rows) == 1 and rows["val_acc"].iloc[0] == pytest.approx(value)
     study = optuna.load_study(study_name="killed", storage=storage)
     assert not study.get_trials(states=(TrialState.RUNNING,))
-    tune_ids = [t.user_attrs.get("tune_trial_id") for t in study.get_trials(states=(TrialState.COMPLETE,))]
-    assert len(tune_ids) == len(set(tune_ids)) and set(df["trial_id"]) <= set(tune_ids)
+    complete = study.get_trials(states=(TrialState.COMPLETE,))
+    assert sorted(t.user_attrs["tune_trial_id"] for t in complete) == sorted(df["trial_id"])  # study == CSV
+    for t in complete:
+        assert df.loc[df["trial_id"] == t.user_attrs["tune_trial_id"], "val_acc"].iloc[0] == pytest.approx(t.value)
 
 
 @pytest.mark.slow
@@ -159,8 +172,9 @@ def test_two_node_cluster(tmp_path):
     cluster.wait_for_nodes()
     try:
         ray.init(address=cluster.address, log_to_driver=False)
+        # a fresh worker per trial: reused workers would run these sub-second trials wherever one is free first
         cfg = tiny(tmp_path, "cluster", objective="density", num_trials=6, max_concurrent=2,
-                   ray_address=cluster.address)
+                   ray_address=cluster.address, reuse_actors=False)
         result = run_campaign(cfg)
         df = pd.read_csv(result.folder / "trials.csv")
         nodes = {n["NodeID"] for n in ray.nodes() if n["Alive"]}
