@@ -2,33 +2,38 @@
 
 Each (sampler, seed) is a full campaign (``policy_search.campaign.run_campaign``, density objective, the
 autoaugment space unless ``--space``); the fold models depend only on the seed, so both samplers score
-policies against the same models. Writes ``tpe_vs_random.csv`` (sampler, seed, trial, value, best_so_far)
-and ``tpe_vs_random.png`` (mean best-so-far per sampler, min/max band) into ``--out``.
+policies against the same models. Writes ``tpe_vs_random.csv`` (sampler, seed, trial, value, best_so_far,
+elapsed_s: seconds from the campaign's start to the trial's completion, fold-model training included) and
+``tpe_vs_random.png`` (mean best-so-far per sampler against trials and against wall time, min/max band)
+into ``--out``.
 
-Usage (from the project root): ``python benchmarks/tpe_vs_random.py [--trials 24] [--seeds 0 1 2]``
+Usage (from the project root): ``python benchmarks/tpe_vs_random.py [--trials 60] [--seeds 0 1 2]``
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import tempfile
 import time
+import warnings
 from pathlib import Path
 
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import ray  # noqa: E402
 
-from policy_search.campaign import run_campaign  # noqa: E402
+from policy_search.campaign import load_study, run_campaign  # noqa: E402
 from policy_search.config import load_config  # noqa: E402
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--trials", type=int, default=24)
+    parser.add_argument("--trials", type=int, default=60)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--space", default="autoaugment")
     parser.add_argument("--train-size", type=int, default=1000)
@@ -40,31 +45,52 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for seed in args.seeds:
             for sampler in ("tpe", "random"):
-                t0 = time.monotonic()
+                t0, start = time.monotonic(), dt.datetime.now()
                 cfg = load_config(overrides={
                     "name": f"{sampler}-{seed}", "output": tmp, "objective": "density", "space": args.space,
                     "sampler": sampler, "num_trials": args.trials, "seed": seed, "baselines": [],
                     "train_size": args.train_size, "val_size": 100, "proxy.epochs": 4, "proxy.width": 16})
                 run_campaign(cfg)
-                df = pd.read_csv(cfg.folder / "trials.csv").sort_values("number")
-                values = df["val_acc"].fillna(float("-inf"))
-                for i, (value, best) in enumerate(zip(values, values.cummax(), strict=True)):
-                    rows.append({"sampler": sampler, "seed": seed, "trial": i, "value": value, "best_so_far": best})
+                done = sorted((t for t in load_study(cfg).trials if t.datetime_complete),
+                              key=lambda t: t.datetime_complete)
+                best = float("-inf")
+                for i, t in enumerate(done):
+                    value = t.value if t.value is not None else float("-inf")
+                    best = max(best, value)
+                    rows.append({"sampler": sampler, "seed": seed, "trial": i, "value": value, "best_so_far": best,
+                                 "elapsed_s": (t.datetime_complete - start).total_seconds()})
+                values = pd.Series([r["value"] for r in rows if r["sampler"] == sampler and r["seed"] == seed])
                 print(f"{sampler} seed {seed}: best {values.max():.4f} in {time.monotonic() - t0:.0f} s", flush=True)
     ray.shutdown()
     table = pd.DataFrame(rows)
     table.to_csv(args.out / "tpe_vs_random.csv", index=False)
-    fig, ax = plt.subplots(figsize=(6, 3.5))
+    fig, (ax, ax_t) = plt.subplots(1, 2, figsize=(11, 3.8), sharey=True)
+    grid = np.linspace(0, table["elapsed_s"].max(), 200)
     for sampler, part in table.groupby("sampler"):
+        label = f"{sampler} (mean of {part['seed'].nunique()} seeds)"
         stats = part.groupby("trial")["best_so_far"].agg(["mean", "min", "max"])
-        ax.plot(stats.index, stats["mean"], label=f"{sampler} (mean of {part['seed'].nunique()} seeds)")
-        ax.fill_between(stats.index, stats["min"], stats["max"], alpha=0.2)
-    ax.set_xlabel("trial")
-    ax.set_ylabel("best density-matching score so far")
-    ax.legend()
+        ax.plot(stats.index + 1, stats["mean"], label=label)
+        ax.fill_between(stats.index + 1, stats["min"], stats["max"], alpha=0.2)
+        curves = np.array([_step(g["elapsed_s"].to_numpy(), g["best_so_far"].to_numpy(), grid)
+                           for _, g in part.groupby("seed")])
+        with warnings.catch_warnings():  # all-nan columns before the first completion
+            warnings.simplefilter("ignore", RuntimeWarning)
+            ax_t.plot(grid, np.nanmean(curves, 0), label=label)
+            ax_t.fill_between(grid, np.nanmin(curves, 0), np.nanmax(curves, 0), alpha=0.2)
+    ax.set(xlabel="trials completed", ylabel="best density-matching score so far")
+    ax_t.set(xlabel="wall time since campaign start (s)")
+    for a in (ax, ax_t):
+        a.grid(alpha=0.3)
+        a.legend()
     fig.tight_layout()
     fig.savefig(args.out / "tpe_vs_random.png", dpi=100)
     print(table.groupby(["sampler", "seed"])["best_so_far"].last().unstack().round(4))
+
+
+def _step(t: np.ndarray, best: np.ndarray, grid: np.ndarray) -> np.ndarray:
+    """Best-so-far as a step function of time sampled on ``grid`` (nan before the first completion)."""
+    idx = np.searchsorted(t, grid, side="right") - 1
+    return np.where(idx >= 0, best[np.clip(idx, 0, None)], np.nan)
 
 
 if __name__ == "__main__":

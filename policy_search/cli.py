@@ -30,11 +30,14 @@ def _expected_errors() -> tuple[type[BaseException], ...]:
     from search_spaces import PolicyError
     from search_spaces.export import ExportError
     from trainers.data import DataError
+    from trainers.engine import TrainingDiverged
+    from trainers.pipelines import PipelineError
 
     from .campaign import CampaignError
     from .config import ConfigError
 
-    return ConfigError, PolicyError, DataError, ExportError, CampaignError, FileNotFoundError
+    return (ConfigError, PolicyError, DataError, ExportError, CampaignError, PipelineError, TrainingDiverged,
+            FileNotFoundError)
 
 
 def _guard(debug: bool, fn: Callable[[], Any]) -> Any:
@@ -68,8 +71,8 @@ def _quiet_libraries() -> None:
 class _ProgressView:
     """A rich progress bar fed by the campaign's study poller: trials done/total, best so far, ETA."""
 
-    def __init__(self, total: int) -> None:
-        self.bar = Progress(TextColumn("[bold]trials"), BarColumn(), MofNCompleteColumn(),
+    def __init__(self, total: int, unit: str = "trials") -> None:
+        self.bar = Progress(TextColumn(f"[bold]{unit}"), BarColumn(), MofNCompleteColumn(),
                             TextColumn("best {task.fields[best]}"), TextColumn("running {task.fields[running]}"),
                             TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), console=console)
         self.task = self.bar.add_task("trials", total=total, best="-", running=0)
@@ -90,7 +93,8 @@ def _report(result: Any) -> None:
     counts = ", ".join(f"{k.lower()} {v}" for k, v in result.counts.items())
     best = "none (no trial completed)" if result.best_score is None else f"{result.best_score:.4f}"
     console.print(f"[bold green]done[/] in {result.wall_s:.0f} s: {counts}; best val_acc {best}")
-    for key in ("best_policy", "history_png", "importances_png", "preview_png", "trials", "summary"):
+    for key in ("best_policy", "best_schedule", "history_png", "importances_png", "preview_png", "schedule_png",
+                "trials", "population", "summary"):
         if key in result.files:
             console.print(f"  {key:16s} {result.files[key]}")
 
@@ -117,6 +121,9 @@ def run(
     address: Annotated[str | None, typer.Option(help="Join this Ray cluster (default: local Ray).")] = None,
     baseline: Annotated[list[str] | None, typer.Option(help="Preset enqueued as a first trial (repeatable).")] = None,
     top_k: Annotated[int | None, typer.Option(help="Policies kept in top_k/.")] = None,
+    mode: Annotated[str | None, typer.Option(help="search (Optuna + ASHA) | pbt (PBA-style schedule).")] = None,
+    population: Annotated[int | None, typer.Option(help="pbt: population size.")] = None,
+    interval: Annotated[int | None, typer.Option(help="pbt: epochs between perturbations.")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
     debug: Debug = False,
 ) -> None:
@@ -131,15 +138,21 @@ def run(
                      "proxy.width": width, "train_size": train_size, "val_size": val_size,
                      "resources.cpu": cpus_per_trial, "resources.gpu": gpus_per_trial, "seed": seed,
                      "output": str(output) if output else None, "storage": storage, "ray_address": address,
-                     "baselines": baseline or None, "top_k": top_k}
+                     "baselines": baseline or None, "top_k": top_k, "mode": mode,
+                     "pbt.population_size": population, "pbt.perturbation_interval": interval}
         cfg = load_config(config, overrides)
         _quiet_libraries()
-        console.print(f"campaign [bold]{cfg.name}[/]: {cfg.num_trials} trials, {cfg.space} space, "
-                      f"{cfg.objective} objective, {cfg.sampler} sampler -> {cfg.folder}")
+        if cfg.mode == "pbt":
+            console.print(f"campaign [bold]{cfg.name}[/]: pbt, population {cfg.pbt.population_size}, "
+                          f"{cfg.proxy.epochs} epochs, perturbation every {cfg.pbt.perturbation_interval} "
+                          f"-> {cfg.folder}")
+        else:
+            console.print(f"campaign [bold]{cfg.name}[/]: {cfg.num_trials} trials, {cfg.space} space, "
+                          f"{cfg.objective} objective, {cfg.sampler} sampler -> {cfg.folder}")
         if quiet:
             result = run_campaign(cfg)
         else:
-            with _ProgressView(cfg.num_trials) as view:
+            with _ProgressView(*_progress_total(cfg)) as view:
                 result = run_campaign(cfg, on_progress=view)
         _report(result)
 
@@ -161,13 +174,13 @@ def resume(
         from .campaign import load_campaign_config, resume_campaign
 
         folder = _campaign_folder(campaign, output)
-        total = load_campaign_config(folder).num_trials
+        total = _progress_total(load_campaign_config(folder))
         _quiet_libraries()
         kwargs = {"resume_errored": retry_errored, "ray_address": address}
         if quiet:
             result = resume_campaign(folder, **kwargs)
         else:
-            with _ProgressView(total) as view:
+            with _ProgressView(*total) as view:
                 result = resume_campaign(folder, on_progress=view, **kwargs)
         _report(result)
 
@@ -189,6 +202,9 @@ def status(
 
         folder = _campaign_folder(campaign, output)
         cfg = load_campaign_config(folder)
+        if cfg.mode == "pbt":
+            _pbt_status(folder, cfg)
+            return
         if (folder / "trials.csv").is_file():
             df = pd.read_csv(folder / "trials.csv")
             source = "trials.csv"
@@ -204,12 +220,44 @@ def status(
         for _, row in df.iterrows():
             table.add_row(*[_cell(row.get(c)) for c in ["number", "status", "val_acc", *params]])
         console.print(table)
+        errors = df[df["error"].fillna("").astype(str).str.len() > 0] if "error" in df else df.iloc[:0]
+        for _, row in errors.iterrows():  # the reason of every failed trial, one line each, never cut
+            console.print(f"trial {_cell(row.get('number'))} ({row['trial_id']}) {row['status']}: {row['error']}",
+                          markup=False, highlight=False, soft_wrap=True)
         if (folder / "summary.json").is_file():
             summary = json.loads((folder / "summary.json").read_text())
             console.print(f"best val_acc {summary['best_score']} (trial {summary['best_trial']}); "
                           f"counts {summary['counts']}; wall {summary['wall_s']} s")
 
     _guard(debug, go)
+
+
+def _progress_total(cfg: Any) -> tuple[int, str]:
+    """What the progress bar counts: trials, or member-epochs of a pbt population."""
+    if cfg.mode == "pbt":
+        return cfg.pbt.population_size * cfg.proxy.epochs, "member-epochs"
+    return cfg.num_trials, "trials"
+
+
+def _pbt_status(folder: Path, cfg: Any) -> None:
+    """Population table (per member: status, epoch, val_acc, exploits) and the best member's lineage."""
+    from .pbt import member_table, population_table
+
+    members = member_table(population_table(folder), cfg.proxy.epochs)
+    source = "population.csv" if (folder / "population.csv").is_file() else "running"
+    table = Table(title=f"{cfg.name}: pbt population {len(members)}/{cfg.pbt.population_size} ({source})")
+    columns = ["member", "status", "epoch", "val_acc", "best_val_acc", "exploits"]
+    for col in columns:
+        table.add_column(col, justify="right")
+    for _, row in members.iterrows():
+        table.add_row(*[_cell(row.get(c)) for c in columns])
+    console.print(table)
+    if (folder / "summary.json").is_file():
+        summary = json.loads((folder / "summary.json").read_text())
+        lineage = " -> ".join(f"{s['member']} [{s['start_epoch']}, {s['end_epoch']})" for s in summary["lineage"] or [])
+        console.print(f"best val_acc {summary['best_score']} (member {summary['best_member']}); "
+                      f"{summary['perturbations']} perturbations; wall {summary['wall_s']} s")
+        console.print(f"lineage: {lineage or '-'}")
 
 
 def _cell(value: Any) -> str:
@@ -259,5 +307,92 @@ def preview(
         images = load_dataset(dataset).images
         step = max(1, len(images) // n)
         console.print(str(preview_policy(loaded, images[::step][:n], out, n=n, seed=seed)))
+
+    _guard(debug, go)
+
+
+class _StageBars:
+    """One rich progress bar per pipeline stage (epochs done/total, last validation accuracy, ETA)."""
+
+    def __init__(self) -> None:
+        self.bar = Progress(TextColumn("[bold]{task.description:12s}"), BarColumn(), MofNCompleteColumn(),
+                            TextColumn("val_acc {task.fields[val]}"), TimeElapsedColumn(), TextColumn("ETA"),
+                            TimeRemainingColumn(), console=console)
+        self.tasks: dict[str, Any] = {}
+
+    def __enter__(self) -> _StageBars:
+        self.bar.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.bar.stop()
+
+    def __call__(self, event: Any) -> None:
+        if event.stage not in self.tasks:
+            self.tasks[event.stage] = self.bar.add_task(event.stage, total=event.epochs, completed=event.done,
+                                                        val="-")
+        val = event.metrics.val_acc if event.metrics is not None else None
+        fields = {"val": f"{val:.4f}"} if val is not None else {}
+        self.bar.update(self.tasks[event.stage], completed=event.done, **fields)
+
+
+def _parse_settings(items: list[str]) -> dict[str, Any]:
+    import yaml
+
+    from trainers.pipelines import PipelineError
+
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise PipelineError(f"--set {item!r}: expected KEY=VALUE")
+        out[key.strip()] = yaml.safe_load(value) if value.strip() else None
+    return out
+
+
+@app.command()
+def train(
+    pipeline: Annotated[str, typer.Argument(help="transfer | distill | self-train.")],
+    policy: Annotated[str | None, typer.Option(help="Policy file or preset to train with.")] = None,
+    config: Annotated[Path | None, typer.Option("--config", "-c", help="YAML file of pipeline settings.")] = None,
+    setting: Annotated[list[str] | None, typer.Option("--set", help="KEY=VALUE pipeline setting (repeatable).")] = None,
+    dataset: Annotated[str | None, typer.Option(help="'sample', 'cifar10-jpeg' or a folder/zip/npz.")] = None,
+    seed: Annotated[int | None, typer.Option(help="Seed for splits and training.")] = None,
+    name: Annotated[str | None, typer.Option(help="Run name (folder under --output).")] = None,
+    output: Output = Path("results"),
+    device: Annotated[str | None, typer.Option(help="cpu, cuda, cuda:1 (default: CUDA if available).")] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue the run from its last checkpoint.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
+    debug: Debug = False,
+) -> None:
+    """Train a full pipeline with a policy; settings: the pipeline's config fields (see the README)."""
+
+    def go() -> None:
+        import yaml
+
+        from trainers.engine import select_device
+        from trainers.pipelines import PipelineError, make_config
+        from trainers.pipelines import pipeline as lookup
+
+        values: dict[str, Any] = {}
+        if config is not None:
+            loaded = yaml.safe_load(config.read_text(encoding="utf-8"))
+            if not isinstance(loaded, dict):
+                raise PipelineError(f"{config}: expected a mapping of settings")
+            values.update(loaded)
+        values.update(_parse_settings(setting or []))
+        values.update({k: v for k, v in {"policy": policy, "dataset": dataset, "seed": seed}.items() if v is not None})
+        cfg = make_config(pipeline, values)
+        _, run_fn = lookup(pipeline)
+        console.print(f"{pipeline}: policy {getattr(cfg, 'policy', None)}, dataset {getattr(cfg, 'dataset', '?')}")
+        kwargs = {"output": output, "name": name, "resume": resume, "device": select_device(device)}
+        if quiet:
+            final = run_fn(cfg, **kwargs)
+        else:
+            with _StageBars() as bars:
+                final = run_fn(cfg, reporter=bars, **kwargs)
+        shown = {k: v for k, v in final.items() if isinstance(v, int | float | str) and k != "folder"}
+        console.print("[bold green]done[/]: " + ", ".join(f"{k} {_cell(v)}" for k, v in shown.items()))
+        console.print(f"  results  {final['folder']}")
 
     _guard(debug, go)
