@@ -196,13 +196,14 @@ def fit(model: nn.Module, train_x: torch.Tensor, train_y: torch.Tensor, *, confi
                          f"{tuple(train_y.shape)}")
     if not 0 <= start_epoch <= config.epochs:
         raise ValueError(f"start_epoch={start_epoch} outside [0, {config.epochs}]")
-    with _num_threads(config.num_threads):
+    with num_threads(config.num_threads):
         return _fit(model, train_x, train_y, config, device, val_x, val_y, augment, loss_fn, on_epoch,
                     start_epoch, optimizer, t_start)
 
 
 @contextmanager
-def _num_threads(n: int | None) -> Iterator[None]:
+def num_threads(n: int | None) -> Iterator[None]:
+    """``torch.set_num_threads(n)`` inside the block (``None``: leave as is), then the previous count."""
     before = torch.get_num_threads()
     if n:
         torch.set_num_threads(n)

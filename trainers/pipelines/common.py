@@ -306,6 +306,14 @@ def _result(history: list[EpochMetrics], extra: Mapping[str, Any], seconds: floa
                      mean=tuple(extra.get("mean", ())), std=tuple(extra.get("std", ())), seconds=seconds)
 
 
+def stage_summary(res: FitResult) -> dict[str, Any]:
+    """What ``final.json`` reports of a stage: epochs, validation accuracy, seconds, per-epoch curves, speed."""
+    return {"epochs": len(res.history), "final_val_acc": res.final_val_acc, "best_val_acc": res.best_val_acc,
+            "seconds": round(res.seconds, 3), "train_loss": [h.train_loss for h in res.history],
+            "val_acc": [h.val_acc for h in res.history],
+            "images_per_s": round(sum(h.images_per_s for h in res.history) / max(len(res.history), 1), 1)}
+
+
 def check_policy(spec: Any) -> None:
     """Raise :class:`PipelineError` unless ``spec`` loads as a policy (for config validation)."""
     try:

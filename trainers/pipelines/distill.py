@@ -15,7 +15,7 @@ that many images from outside the splits to the student's training set.
 from __future__ import annotations
 
 import os
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -27,13 +27,13 @@ from search_spaces import Augmenter, BatchOp, Policy, preset
 from ..engine import AUX_WEIGHT, TrainConfig, channel_stats, evaluate, select_device
 from ..models import MODEL_NAMES, aux_logits, main_logits
 from ..proxy import build_augment
-from .common import PipelineError, Reporter, Run, check_policy, load_policy_arg, prepare_data
+from .common import PipelineError, Reporter, Run, check_policy, load_policy_arg, prepare_data, stage_summary
 from .teacher import (
+    ConfigDict,
     ModelSpec,
     build_seeded,
     check_model,
     count_params,
-    from_dict,
     is_int,
     load_model,
     mixing_ce_loss,
@@ -48,7 +48,7 @@ __all__ = ["DistillConfig", "DistillLoss", "kd_loss", "run_distill"]
 
 
 @dataclass
-class DistillConfig:
+class DistillConfig(ConfigDict):
     """A distillation run. Defaults suit the bundled sample on 2 CPU cores (about a minute in all).
 
     ``teacher``: path of a model checkpoint (:mod:`trainers.pipelines.teacher`); None trains one first
@@ -112,15 +112,6 @@ class DistillConfig:
         require(self.student_model in MODEL_NAMES, "student_model",
                 f"unknown model {self.student_model!r}; choose from {', '.join(MODEL_NAMES)}")
         check_model("student", self.student_model, self.student_kwargs, dropout=self.dropout)
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready dict of every field."""
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> DistillConfig:
-        """Inverse of :meth:`to_dict`; an unknown key is a one-line PipelineError."""
-        return from_dict(cls, d)
 
     def train_config(self, epochs: int) -> TrainConfig:
         """The engine config of a stage of ``epochs`` epochs."""
@@ -225,7 +216,7 @@ def run_distill(config: DistillConfig, *, output: str = "results", name: str | N
         tspec = ModelSpec(config.teacher_model, dict(config.teacher_kwargs), num_classes, channels, res.mean,
                           res.std, tuple(data.classes))
         save_model(run.folder / "teacher.pt", teacher, tspec, config.teacher_epochs)
-        stages["teacher"] = _stage_summary(res)
+        stages["teacher"] = stage_summary(res)
     teacher = teacher.to(dev).eval()
     teacher_acc, _ = evaluate(teacher, data.images[test], data.labels[test], device=dev, mean=tspec.mean,
                               std=tspec.std)
@@ -243,7 +234,7 @@ def run_distill(config: DistillConfig, *, output: str = "results", name: str | N
                        teacher_norm=(tspec.mean, tspec.std), mixer=mixer, labelled=len(unl) == 0)
     res = run.stage("student", student, x, y, config=replace(config.train_config(config.epochs), mean=mean, std=std),
                     device=dev, val_x=val_xy[0], val_y=val_xy[1], augment=augment, loss_fn=loss)
-    stages["student"] = _stage_summary(res)
+    stages["student"] = stage_summary(res)
     student_acc, _ = evaluate(student, data.images[test], data.labels[test], device=dev, mean=mean, std=std)
     save_model(run.folder / "model.pt", student, ModelSpec(config.student_model, dict(config.student_kwargs),
                                                            num_classes, channels, mean, std, tuple(data.classes)),
@@ -254,8 +245,3 @@ def run_distill(config: DistillConfig, *, output: str = "results", name: str | N
                        "teacher": config.teacher or str(run.folder / "teacher.pt"), "stages": stages,
                        "splits": splits.summary(), "device": str(dev)})
 
-
-def _stage_summary(res: Any) -> dict[str, Any]:
-    return {"epochs": len(res.history), "final_val_acc": res.final_val_acc, "best_val_acc": res.best_val_acc,
-            "seconds": round(res.seconds, 3), "train_loss": [h.train_loss for h in res.history],
-            "val_acc": [h.val_acc for h in res.history]}

