@@ -6,8 +6,9 @@ Phases (each resumable: finished rows in the CSVs are kept and skipped on a re-r
    ``.npz`` so campaigns see only it); ``--test`` (10,000) further images form the held-out test split
    that no search touches.
 2. Campaigns on the labelled set only: the density objective (Fast AutoAugment's density matching) and the
-   proxy objective (short proxy trainings, ASHA), both in the AutoAugment space. Their trials, wall time
-   and machine are recorded next to their rows.
+   proxy objective (short proxy trainings, ASHA), both in the AutoAugment space, and a PBT campaign (PBA's
+   space and explore step) whose best schedule is replayed stretched to the final budget. Their trials,
+   wall time and machine are recorded next to their rows.
 3. Final training: every condition (no augmentation, crop+flip, crop+flip+cutout, RandAugment(2, 9),
    TrivialAugmentWide, AutoAugment CIFAR-10, the two searched policies, any ``--extra NAME=policy.json``,
    and two more RandAugment settings for the rank study) trains the same model on all labelled images for
@@ -34,22 +35,19 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-import matplotlib
+import numpy as np
+import pandas as pd
+import torch
+from _summary import bar_chart, interval_table, markdown  # benchmarks/ (the script folder, on sys.path)
+from scipy import stats
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-import torch  # noqa: E402
-from scipy import stats  # noqa: E402
-
-from policy_search.campaign import run_campaign  # noqa: E402
-from policy_search.config import load_config  # noqa: E402
-from search_spaces import load_policy  # noqa: E402
-from search_spaces.magnitudes import rand_augment  # noqa: E402
-from trainers.data import load_dataset, make_splits  # noqa: E402
-from trainers.engine import evaluate, fit, select_device  # noqa: E402
-from trainers.proxy import DensityMatcher, ProxyConfig, ProxyData, build_augment, train_proxy  # noqa: E402
+from policy_search.campaign import run_campaign
+from policy_search.config import load_config
+from search_spaces import Schedule, load_policy_or_schedule
+from search_spaces.magnitudes import rand_augment
+from trainers.data import load_dataset, make_splits
+from trainers.engine import evaluate, fit, select_device
+from trainers.proxy import DensityMatcher, ProxyConfig, ProxyData, build_augment, train_proxy
 
 FIXED = {  # condition -> (crop+flip base, policy preset or None)
     "none": (False, None),
@@ -76,6 +74,11 @@ def parse() -> argparse.Namespace:
     p.add_argument("--density-trials", type=int, default=100)
     p.add_argument("--proxy-trials", type=int, default=24)
     p.add_argument("--proxy-epochs", type=int, default=6)
+    p.add_argument("--pbt-population", type=int, default=8)
+    p.add_argument("--pbt-epochs", type=int, default=12)
+    p.add_argument("--pbt-interval", type=int, default=2)
+    p.add_argument("--pbt-init", nargs="+", default=["zero", "random"], choices=["zero", "random"])
+    p.add_argument("--skip-pbt", action="store_true")
     p.add_argument("--extra", action="append", default=[], help="NAME=policy.json: another row (e.g. a PBT schedule)")
     p.add_argument("--skip-rank", action="store_true")
     p.add_argument("--device", default=None)
@@ -100,11 +103,26 @@ def campaign_configs(args: argparse.Namespace, npz: Path) -> dict[str, dict]:
               "space": "autoaugment", "sampler": "tpe", "baselines": [],
               "train_size": args.labelled * 3 // 4, "val_size": args.labelled - args.labelled * 3 // 4,
               "max_concurrent": 2, "proxy.width": 16, "proxy.epochs": args.proxy_epochs}
-    return {
+    out = {
         "searched (density)": {**common, "name": "density", "objective": "density",
                                "num_trials": args.density_trials, "density_k": 2},
         "searched (proxy)": {**common, "name": "proxy", "objective": "proxy", "num_trials": args.proxy_trials},
     }
+    for init in [] if args.skip_pbt else args.pbt_init:  # zero: PBA's start (no augmentation); random: uniform bins
+        condition = "searched (PBT schedule)" if init == "zero" else f"searched (PBT schedule, {init} init)"
+        out[condition] = {
+            **common, "name": "pbt" if init == "zero" else f"pbt-{init}", "mode": "pbt", "objective": "proxy",
+            "proxy.epochs": args.pbt_epochs, "pbt.population_size": args.pbt_population,
+            "pbt.perturbation_interval": args.pbt_interval, "pbt.init": init}
+    return out
+
+
+def budget(cfg) -> str:
+    """A campaign's search budget in words."""
+    if cfg.mode == "pbt":
+        return (f"PBT: {cfg.pbt.population_size} members x {cfg.proxy.epochs} epochs, perturbation every "
+                f"{cfg.pbt.perturbation_interval}")
+    return f"{cfg.num_trials} {cfg.objective} trials"
 
 
 def run_campaigns(args: argparse.Namespace, npz: Path) -> pd.DataFrame:
@@ -117,8 +135,10 @@ def run_campaigns(args: argparse.Namespace, npz: Path) -> pd.DataFrame:
         cfg = load_config(overrides=overrides)
         t0 = time.monotonic()
         result = run_campaign(cfg)
-        rows.append({"condition": condition, "policy": str(result.files["best_policy"]),
-                     "objective": cfg.objective, "trials": cfg.num_trials, "wall_s": round(time.monotonic() - t0),
+        best = result.files.get("best_policy") or result.files["best_schedule"]
+        rows.append({"condition": condition, "policy": str(best), "objective": cfg.objective, "mode": cfg.mode,
+                     "trials": cfg.num_trials if cfg.mode == "search" else cfg.pbt.population_size,
+                     "budget": budget(cfg), "wall_s": round(time.monotonic() - t0),
                      "best_score": result.best_score, "machine": machine()})
         pd.DataFrame(rows).to_csv(path, index=False)
         print(f"campaign {condition}: best {result.best_score:.4f} in {rows[-1]['wall_s']} s", flush=True)
@@ -134,9 +154,10 @@ def machine() -> str:
 
 
 def conditions(args: argparse.Namespace, campaigns: pd.DataFrame) -> dict[str, tuple[bool, object]]:
-    out: dict[str, tuple[bool, object]] = {k: (base, load_policy(p) if p else None) for k, (base, p) in FIXED.items()}
+    out: dict[str, tuple[bool, object]] = {k: (base, load_policy_or_schedule(p) if p else None)
+                                           for k, (base, p) in FIXED.items()}
     for _, row in campaigns.iterrows():
-        out[row["condition"]] = (True, load_policy(row["policy"]))
+        out[row["condition"]] = (True, load_policy_or_schedule(row["policy"]))
     for spec in args.extra:
         name, _, path = spec.partition("=")
         out[name] = (True, path)  # a policy or schedule file; build_augment loads it
@@ -153,7 +174,7 @@ def final_accuracy(policy: object, base: bool, data: ProxyData, args: argparse.N
                       lr=args.lr, seed=seed)
     model = cfg.build(data.num_classes, data.channels)
     result = fit(model, data.train_x, data.train_y, config=replace(cfg.train_config(), eval_every=args.epochs),
-                 device=device, augment=build_augment(policy, base))
+                 device=device, augment=build_augment(policy, base, epochs=args.epochs))  # schedules: stretched
     acc, _ = evaluate(model, data.val_x, data.val_y, device=device, mean=result.mean, std=result.std)
     return acc, result.seconds
 
@@ -174,37 +195,23 @@ def run_final(args: argparse.Namespace, conds: dict, data: ProxyData, device: to
 
 
 def summarise(args: argparse.Namespace, runs: pd.DataFrame, campaigns: pd.DataFrame, order: list[str]) -> pd.DataFrame:
-    g = runs.groupby("condition")["test_acc"]
-    table = pd.DataFrame({"mean": g.mean(), "std": g.std(ddof=1), "n": g.count()}).reindex(order).dropna(how="all")
-    half = stats.t.ppf(0.975, np.maximum(table["n"] - 1, 1)) * table["std"] / np.sqrt(table["n"])
-    table["ci95_low"], table["ci95_high"] = table["mean"] - half, table["mean"] + half
+    table = interval_table(runs, "condition", "test_acc", order)
     base = table.loc["crop+flip", "mean"] if "crop+flip" in table.index else np.nan
     table["vs_crop_flip"] = table["mean"] - base
-    cost = {r["condition"]: f"{r['trials']} trials, {r['wall_s'] / 60:.0f} min, {r['machine']}"
+    cost = {r["condition"]: f"{r['budget']}, {r['wall_s'] / 60:.0f} min, {r['machine']}"
             for _, r in campaigns.iterrows()}
     table["search_cost"] = [cost.get(c, "") for c in table.index]
     table.index.name = "condition"
     table.to_csv(args.out / "quality_table.csv")
-    lines = ["| condition | test acc (mean ± std) | 95% CI | vs crop+flip | n | search cost |",
-             "|---|---|---|---|---|---|"]
-    for c, r in table.iterrows():
-        lines.append(f"| {c} | {r['mean']:.4f} ± {r['std']:.4f} | [{r['ci95_low']:.4f}, {r['ci95_high']:.4f}] | "
-                     f"{r['vs_crop_flip']:+.4f} | {int(r['n'])} | {r['search_cost']} |")
-    (args.out / "quality_table.md").write_text("\n".join(lines) + "\n")
-    fig, ax = plt.subplots(figsize=(8, 0.45 * len(table) + 1))
-    ypos = np.arange(len(table))[::-1]
-    ax.barh(ypos, table["mean"], xerr=[table["mean"] - table["ci95_low"], table["ci95_high"] - table["mean"]],
-            color=["tab:orange" if "searched" in c or "PBT" in c else "tab:blue" for c in table.index], capsize=3)
-    ax.set_yticks(ypos, table.index)
-    lo = (table["ci95_low"].min() if table["ci95_low"].notna().any() else table["mean"].min()) - 0.02
-    ax.set_xlim(max(0.0, lo), min(1.0, table["ci95_high"].max() + 0.01))
-    ax.set_xlabel(f"held-out test accuracy ({args.test:,} images), mean and 95% CI over {len(args.seeds)} seeds")
-    ax.set_title(f"{args.model} w{args.width}, {args.epochs} epochs, {args.labelled:,} labelled CIFAR-10 images")
-    ax.grid(axis="x", alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(args.out / "quality_table.png", dpi=90)
-    plt.close(fig)
-    print("\n".join(lines))
+    text = markdown(table, {"test acc (mean ± std)": "{mean:.4f} ± {std:.4f}",
+                            "95% CI": "[{ci95_low:.4f}, {ci95_high:.4f}]", "vs crop+flip": "{vs_crop_flip:+.4f}",
+                            "n": "{n:.0f}", "search cost": "{search_cost}"}, "condition")
+    (args.out / "quality_table.md").write_text(text)
+    bar_chart(table, args.out / "quality_table.png",
+              f"held-out test accuracy ({args.test:,} images), mean and 95% CI over {len(args.seeds)} seeds",
+              f"{args.model} w{args.width}, {args.epochs} epochs, {args.labelled:,} labelled CIFAR-10 images",
+              highlight=("searched",))
+    print(text)
     return table
 
 
@@ -221,7 +228,7 @@ def rank_agreement(args: argparse.Namespace, conds: dict, runs: pd.DataFrame, de
     done = {r["condition"] for r in rows}
     extras = {spec.partition("=")[0] for spec in args.extra}  # schedules: no single policy to score
     for name, (base, policy) in conds.items():
-        if name in done or name in extras:
+        if name in done or name in extras or isinstance(policy, Schedule):
             continue
         # density scores the policy alone (no crop+flip), as the campaign does
         density = matcher.score(policy, seed=0, device=device) if policy is not None else matcher.clean_accuracy
