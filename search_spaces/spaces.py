@@ -111,7 +111,7 @@ def policy_from_params(space: str, params: Mapping[str, Any], **space_options: A
                 op = str(_param(params, f"s{i}_{j}_op"))
                 if op not in ops:
                     raise PolicyError(f"params.s{i}_{j}_op: '{op}' is not in the space's ops")
-                prob = float(_param(params, f"s{i}_{j}_p"))
+                prob = round(float(_param(params, f"s{i}_{j}_p")), 10)  # step 0.1: 0.30000000000000004 -> 0.3
                 level = int(_param(params, f"s{i}_{j}_m")) / LEVEL_BINS if OPS[op].has_magnitude else 0.0
                 sub.append(op_at_level(op, level, prob))
             subs.append(tuple(sub))
@@ -123,7 +123,7 @@ def policy_from_params(space: str, params: Mapping[str, Any], **space_options: A
         check_ops(list(spec), "space_options.ops")
         out: list[OpConfig] = []
         for op, (low, _high) in spec.items():
-            prob = float(_param(params, f"{op}_p"))
+            prob = round(float(_param(params, f"{op}_p")), 10)
             if OPS[op].has_magnitude:
                 level = float(params[f"{op}_level"]) if f"{op}_level" in params else float(low)
                 out.append(op_at_level(op, level, prob))

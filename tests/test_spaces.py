@@ -62,6 +62,9 @@ def test_autoaugment_is_conditional_and_step_01():
     policy = policy_from_params("autoaugment", _sample("autoaugment", 1)[0])
     assert policy.type == "subpolicy_choice" and len(policy.subpolicies) == 5
     assert all(len(sp) == 2 for sp in policy.subpolicies)
+    for params in _sample("autoaugment", 30):  # Optuna's step-0.1 floats (0.30000000000000004) land as 0.3
+        probs = [op.prob for sp in policy_from_params("autoaugment", params).subpolicies for op in sp]
+        assert all(p == round(p, 1) for p in probs), probs
 
 
 def test_custom_space_uses_the_level_ranges():
