@@ -22,7 +22,15 @@ for key, value in {
 }.items():
     os.environ.setdefault(key, value)
 
-SHARED_ZIP = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10-train-jpeg.zip"
+def _shared_zip() -> Path:
+    """``$POLICY_SEARCH_SHARED_DATA`` (a folder or the zip, as the data loader reads it), else ../shared/data."""
+    env = os.environ.get("POLICY_SEARCH_SHARED_DATA")
+    base = Path(env).expanduser() if env else Path(__file__).resolve().parents[2] / "shared" / "data"
+    return base if base.suffix == ".zip" else base / "cifar10-train-jpeg.zip"
+
+
+SHARED_ZIP = _shared_zip()
+SHARED_REFERENCE = SHARED_ZIP.parent.parent / "reference"  # ../shared/reference beside ../shared/data
 
 
 @pytest.fixture(scope="session")

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import SHARED_ZIP  # tests/ is on sys.path under pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
@@ -33,7 +34,7 @@ from trainers.data import (
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT / "trainers" / "sample" / "cifar10-sample.zip"
-SHARED = ROOT.parent / "shared" / "data" / "cifar10-train-jpeg.zip"
+SHARED = SHARED_ZIP
 SHARED_SHA256 = "8c63264468f67a4d71e73d014900f3b8f1c779affb3d986d181e340561544f1f"
 CIFAR_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 needs_shared = pytest.mark.skipif(not SHARED.is_file(), reason=f"shared data zip absent: {SHARED}")
@@ -726,7 +727,7 @@ def test_subset_of_shared_zip_matches_pillow(tmp_path: Path) -> None:
 def test_full_shared_zip_decodes_once_then_loads_from_cache(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.chdir(ROOT)
+    monkeypatch.setenv("POLICY_SEARCH_SHARED_DATA", str(SHARED))  # wherever the tests found it
     data = load_dataset("cifar10-jpeg", cache_dir=tmp_path)
     assert data.images.shape == (50000, 3, 32, 32) and data.classes == CIFAR_CLASSES
     assert data.labels.bincount().tolist() == [5000] * 10 and data.digest == SHARED_SHA256

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import SHARED_ZIP  # tests/ is on sys.path under pytest
 from PIL import Image
 
 from trainers.engine import (
@@ -30,7 +31,7 @@ from trainers.engine import (
 )
 from trainers.models import build_model, param_groups
 
-ZIP = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10-train-jpeg.zip"
+ZIP = SHARED_ZIP
 CPU = torch.device("cpu")
 
 

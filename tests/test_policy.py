@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import SHARED_REFERENCE  # tests/ is on sys.path under pytest
 from torchvision.transforms import v2
 
 from search_spaces import PRESETS, Magnitude, OpConfig, Policy, PolicyError, dumps, load_policy, loads, preset
@@ -15,7 +16,7 @@ from search_spaces.export import ExportError, to_timm
 from search_spaces.magnitudes import RAND_AUGMENT_OPS, SPACES, TORCHVISION_NAMES, build_presets
 from search_spaces.ops import OPS
 
-REFERENCE_AA = Path(__file__).resolve().parents[2] / "shared" / "reference" / "autoaugment-cifar10-policy.json"
+REFERENCE_AA = SHARED_REFERENCE / "autoaugment-cifar10-policy.json"
 
 
 @pytest.mark.parametrize("name", PRESETS)
