@@ -16,7 +16,6 @@ import argparse
 import datetime as dt
 import tempfile
 import time
-import warnings
 from pathlib import Path
 
 import matplotlib
@@ -38,8 +37,12 @@ def main() -> None:
     parser.add_argument("--space", default="autoaugment")
     parser.add_argument("--train-size", type=int, default=1000)
     parser.add_argument("--out", type=Path, default=Path("benchmarks/out"))
+    parser.add_argument("--plot-only", action="store_true", help="redraw the PNG from the CSV in --out")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
+    if args.plot_only:
+        plot(pd.read_csv(args.out / "tpe_vs_random.csv"), args.out / "tpe_vs_random.png")
+        return
     rows = []
     ray.init(address="local", include_dashboard=False, log_to_driver=False)
     with tempfile.TemporaryDirectory() as tmp:
@@ -64,6 +67,13 @@ def main() -> None:
     ray.shutdown()
     table = pd.DataFrame(rows)
     table.to_csv(args.out / "tpe_vs_random.csv", index=False)
+    plot(table, args.out / "tpe_vs_random.png")
+    print(table.groupby(["sampler", "seed"])["best_so_far"].last().unstack().round(4))
+
+
+def plot(table: pd.DataFrame, path: Path) -> None:
+    """Mean best-so-far per sampler (min/max band over seeds) against trials and against wall time; the time
+    curve starts once every seed has completed a trial."""
     fig, (ax, ax_t) = plt.subplots(1, 2, figsize=(11, 3.8), sharey=True)
     grid = np.linspace(0, table["elapsed_s"].max(), 200)
     for sampler, part in table.groupby("sampler"):
@@ -73,18 +83,16 @@ def main() -> None:
         ax.fill_between(stats.index + 1, stats["min"], stats["max"], alpha=0.2)
         curves = np.array([_step(g["elapsed_s"].to_numpy(), g["best_so_far"].to_numpy(), grid)
                            for _, g in part.groupby("seed")])
-        with warnings.catch_warnings():  # all-nan columns before the first completion
-            warnings.simplefilter("ignore", RuntimeWarning)
-            ax_t.plot(grid, np.nanmean(curves, 0), label=label)
-            ax_t.fill_between(grid, np.nanmin(curves, 0), np.nanmax(curves, 0), alpha=0.2)
+        ax_t.plot(grid, curves.mean(0), label=label)  # nan until every seed has a first result
+        ax_t.fill_between(grid, curves.min(0), curves.max(0), alpha=0.2)
     ax.set(xlabel="trials completed", ylabel="best density-matching score so far")
     ax_t.set(xlabel="wall time since campaign start (s)")
     for a in (ax, ax_t):
         a.grid(alpha=0.3)
         a.legend()
     fig.tight_layout()
-    fig.savefig(args.out / "tpe_vs_random.png", dpi=100)
-    print(table.groupby(["sampler", "seed"])["best_so_far"].last().unstack().round(4))
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
 
 
 def _step(t: np.ndarray, best: np.ndarray, grid: np.ndarray) -> np.ndarray:
