@@ -1,10 +1,15 @@
 """PBT mode end to end: a tiny population on the bundled sample perturbs, exports a schedule a trainer replays,
-``status``/``export``/``resume`` understand it; config checks of the mode."""
+``status``/``export``/``resume`` understand it (also after a kill -9 of the driver); config checks of the mode."""
 
 from __future__ import annotations
 
 import json
+import os
 import random
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -137,3 +142,54 @@ def test_cli_run_pbt_errors_are_one_line(tmp_path):
     assert result.exit_code == 2
     assert result.output.strip() == ("error: pbt.perturbation_interval: must be < proxy.epochs (5) or the population "
                                      "never perturbs, got 9")
+
+
+_PBT_DRIVER = """
+import sys
+from policy_search.campaign import run_campaign
+from policy_search.config import load_config
+overrides = {"mode": "pbt", "name": "killed", "output": sys.argv[1], "train_size": 500, "val_size": 250,
+             "proxy.epochs": 6, "proxy.width": 8, "pbt.population_size": 4, "pbt.perturbation_interval": 2,
+             "pbt.init": "random", "max_concurrent": 2, "num_cpus": 2}
+run_campaign(load_config(overrides=overrides))
+"""
+
+
+def _member_epochs(folder: Path) -> int:
+    total = 0
+    for progress in (folder / "tune").glob("*/progress.csv"):
+        try:
+            total += len(pd.read_csv(progress))
+        except (pd.errors.EmptyDataError, pd.errors.ParserError):
+            pass
+    return total
+
+
+@pytest.mark.slow
+def test_kill_9_mid_population_then_resume_finishes_every_member(tmp_path):
+    env = {**os.environ, "TUNE_GLOBAL_CHECKPOINT_S": "1"}
+    proc = subprocess.Popen([sys.executable, "-c", _PBT_DRIVER, str(tmp_path)], env=env, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    folder = tmp_path / "killed"
+    deadline = time.monotonic() + 300
+    try:
+        while _member_epochs(folder) < 8:  # a third of the 24 member-epochs, past the first perturbations
+            assert proc.poll() is None, "the pbt driver ended before the kill"
+            assert time.monotonic() < deadline, "the population did not train 8 member-epochs in time"
+            time.sleep(0.3)
+        time.sleep(1.5)  # Tune snapshots the experiment meanwhile
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    assert not (folder / "best_schedule.json").exists()
+
+    if not ray.is_initialized():
+        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    result = resume_campaign(folder)
+    assert result.counts == {"COMPLETE": 4, "FAILED": 0, "RUNNING": 0}
+    population = pd.read_csv(folder / "population.csv")
+    assert (population.groupby("member")["epoch"].max() == 6).all() and population["member"].nunique() == 4
+    schedule = load_policy_or_schedule(folder / "best_schedule.json")
+    assert isinstance(schedule, Schedule) and schedule.epochs == 6
+    lineage = schedule.provenance["lineage"]
+    assert lineage[0]["start_epoch"] == 0 and lineage[-1]["end_epoch"] == 6
