@@ -20,7 +20,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from search_spaces import Augmenter, Policy, Schedule, ScheduledAugmenter, load_policy_or_schedule, make_augmenter
@@ -30,6 +29,7 @@ from .engine import (
     EpochMetrics,
     FitResult,
     TrainConfig,
+    default_loss,
     evaluate,
     fit,
     make_optimizer,
@@ -155,8 +155,7 @@ def _mixing_loss(mixer: Augmenter | ScheduledAugmenter, num_classes: int, label_
 
     def loss_fn(model: nn.Module, x: torch.Tensor, y: torch.Tensor, idx: torch.Tensor):
         x, soft = mixer.mix(x, y, num_classes, generator)
-        logits = model(x)
-        return F.cross_entropy(logits.float(), soft, label_smoothing=label_smoothing), logits
+        return default_loss(model, x, soft, label_smoothing)
 
     return loss_fn
 

@@ -22,13 +22,12 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from search_spaces import Augmenter, Policy
 
-from ..engine import AUX_WEIGHT, load_checkpoint, save_checkpoint
-from ..models import aux_logits, build_model, main_logits
+from ..engine import default_loss, load_checkpoint, save_checkpoint
+from ..models import build_model
 from .common import PipelineError
 
 MODEL_FORMAT = "policy-search-model/1"
@@ -135,12 +134,7 @@ def mixing_ce_loss(policy: Policy, num_classes: int, label_smoothing: float):
 
     def loss_fn(model: nn.Module, x: torch.Tensor, y: torch.Tensor, idx: torch.Tensor):
         x, soft = mixer.mix(x, y, num_classes, step_generator())
-        out = model(x)
-        logits = main_logits(out)
-        loss = F.cross_entropy(logits.float(), soft, label_smoothing=label_smoothing)
-        for a in aux_logits(out):
-            loss = loss + AUX_WEIGHT * F.cross_entropy(a.float(), soft, label_smoothing=label_smoothing)
-        return loss, logits
+        return default_loss(model, x, soft, label_smoothing)
 
     return loss_fn
 
