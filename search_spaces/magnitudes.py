@@ -150,7 +150,8 @@ AUTOAUGMENT_CIFAR10 = (
     (("TranslateY", 0.7, 9), ("AutoContrast", 0.9, None)),
 )
 
-_TV = {"library": "torchvision", "version": "0.29.1", "reference_image_size": [32, 32]}
+# provenance shared by the presets transcribed from torchvision
+_TORCHVISION_SOURCE = {"library": "torchvision", "version": "0.29.1", "reference_image_size": [32, 32]}
 
 
 def build_presets() -> dict[str, Policy]:
@@ -167,10 +168,11 @@ def build_presets() -> dict[str, Policy]:
             "sequential", ops=(crop, flip, OpConfig("cutout", 1.0, Magnitude(0.5))), name="crop-flip-cutout",
             provenance={"source": "crop+flip plus Cutout 16x16 at 32x32 (DeVries & Taylor 2017)"}),
         "randaugment": rand_augment(2, 9, **tv, provenance={
-            **_TV, "class": "RandAugment(num_ops=2, magnitude=9, num_magnitude_bins=31)"}),
+            **_TORCHVISION_SOURCE, "class": "RandAugment(num_ops=2, magnitude=9, num_magnitude_bins=31)"}),
         "trivialaugment_wide": trivial_augment_wide(**tv, provenance={
-            **_TV, "class": "TrivialAugmentWide(num_magnitude_bins=31)",
+            **_TORCHVISION_SOURCE, "class": "TrivialAugmentWide(num_magnitude_bins=31)",
             "note": "bins drawn as a continuous uniform level; translate 32 px = fraction 1.0 at 32x32"}),
         "autoaugment_cifar10": auto_augment(AUTOAUGMENT_CIFAR10, "autoaugment-cifar10", **tv, provenance={
-            **_TV, "class": "AutoAugment(AutoAugmentPolicy.CIFAR10)", "paper": "Cubuk et al., CVPR 2019"}),
+            **_TORCHVISION_SOURCE, "class": "AutoAugment(AutoAugmentPolicy.CIFAR10)",
+            "paper": "Cubuk et al., CVPR 2019"}),
     }

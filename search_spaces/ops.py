@@ -384,7 +384,6 @@ def _beta(alpha: float, n: int, x: Tensor, generator: torch.Generator | None) ->
     seed = int(torch.randint(0, 2**62, (1,), generator=generator, device=generator.device if generator else None))
     draws = np.random.default_rng(seed).beta(alpha, alpha, size=n)
     return torch.as_tensor(draws, dtype=x.dtype, device=x.device)
-    return np.random.default_rng(seed).beta(alpha, alpha, size=n)
 
 
 def _mixup(x: Tensor, y: Tensor, alpha: float, generator: torch.Generator | None) -> tuple[Tensor, Tensor]:

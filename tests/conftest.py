@@ -1,9 +1,10 @@
-"""Shared fixtures: real CIFAR-10 images from ../shared/data, and quiet Ray settings."""
+"""Shared fixtures: real CIFAR-10 images from ../shared/data, quiet Ray settings and a local Ray."""
 
 from __future__ import annotations
 
 import io
 import os
+import sys
 import zipfile
 from pathlib import Path
 
@@ -12,15 +13,12 @@ import pytest
 import torch
 from PIL import Image
 
-for key, value in {
-    "RAY_USAGE_STATS_ENABLED": "0",
-    "RAY_AUTH_MODE": "disabled",
-    "RAY_AIR_NEW_OUTPUT": "0",
-    "RAY_DEDUP_LOGS": "0",
-    "TUNE_DISABLE_DATED_SUBDIR": "1",
-    "RAY_CHDIR_TO_TRIAL_DIR": "0",
-}.items():
+os.environ.setdefault("RAY_DEDUP_LOGS", "0")  # tests show every worker's log line (read when Ray is imported)
+from policy_search.session import RAY_ENV  # noqa: E402  (the campaigns' quiet Ray settings)
+
+for key, value in RAY_ENV.items():  # (importing the module applies them too; kept explicit here)
     os.environ.setdefault(key, value)
+
 
 def _shared_zip() -> Path:
     """``$POLICY_SEARCH_SHARED_DATA`` (a folder or the zip, as the data loader reads it), else ../shared/data."""
@@ -49,3 +47,21 @@ def cifar_images(shared_zip: Path) -> torch.Tensor:
         picked = names[:: len(names) // 64][:64]
         arrays = [np.asarray(Image.open(io.BytesIO(zf.read(n))).convert("RGB")) for n in picked]
     return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    """A local Ray (2 CPUs) for the module's campaigns: started when none is running and left running for the
+    next module (a test that needs another cluster shuts it down itself); shut down when the session ends."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """Shut down a Ray the tests left running."""
+    ray = sys.modules.get("ray")
+    if ray is not None and ray.is_initialized():
+        ray.shutdown()

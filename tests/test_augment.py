@@ -123,10 +123,20 @@ def test_bad_shapes_are_rejected():
 
 
 def test_every_op_runs_on_uint8_and_float(cifar_images):
-    for name, spec in OPS.items():
-        magnitude = Magnitude(spec.level_to_value(0.5)) if spec.has_magnitude else None
-        aug = Augmenter(Policy("sequential", ops=(OpConfig(name, 1.0, magnitude),)))
-        assert aug(cifar_images[:4], generator=gen()).shape == (4, 3, 32, 32)
+    """uint8 in, uint8 out; float in [0, 1] in, float out; the same seed gives the same pixels (up to rounding)."""
+    x8 = cifar_images[:8]
+    xf = x8.float() / 255
+    policies = [Policy("sequential", ops=(OpConfig(name, 1.0, Magnitude(spec.level_to_value(0.5))
+                                                   if spec.has_magnitude else None),))
+                for name, spec in OPS.items()]
+    for policy in [*policies, preset("randaugment"), preset("autoaugment_cifar10")]:
+        aug = Augmenter(policy)
+        out8, outf = aug(x8, generator=gen(4)), aug(xf, generator=gen(4))
+        assert out8.dtype == torch.uint8 and outf.dtype == torch.float32
+        assert out8.shape == outf.shape == (8, 3, 32, 32)
+        assert 0.0 <= float(outf.min()) and float(outf.max()) <= 1.0
+        # the uint8 path runs the float kernels on x / 255 and rounds: exactly the float result, rounded
+        assert torch.equal(out8, outf.mul(255).round().to(torch.uint8)), policy.name or policy.all_ops()[0].op
 
 
 def _mixing_policy(op: str) -> Augmenter:

@@ -166,6 +166,35 @@ def test_constructor_validates_too():
         Policy("sequential", ops=(OpConfig("rotate", 1.0, Magnitude(200.0)),))
 
 
+@pytest.mark.parametrize("ops", [
+    [{"op": "teleport", "prob": 0.5}],
+    [{"op": 7}],
+    [{"op": "rotate", "prob": "high", "magnitude": {"value": 3}}],
+    [{"op": "rotate", "prob": True, "magnitude": {"value": 3}}],
+    [{"op": "rotate", "magnitude": {"value": True}}],
+    [{"op": "rotate", "magnitude": {"value": 3, "random_sign": "yes"}}],
+    [{"op": "invert", "weight": -1}],
+    [{"op": "posterize", "magnitude": {"value": 4.5}}],
+])
+def test_json_and_constructor_share_one_validator(ops):
+    """The same mistake gives the same one-line message whether the policy comes from JSON or from Python."""
+    with pytest.raises(PolicyError) as from_json:
+        loads(json.dumps(_doc(ops=ops)))
+    built = [OpConfig(o["op"], o.get("prob", 1.0), None if "magnitude" not in o else Magnitude(
+        o["magnitude"].get("value"), random_sign=o["magnitude"].get("random_sign", False)), o.get("weight", 1.0))
+        for o in ops]
+    with pytest.raises(PolicyError) as from_python:
+        Policy("rand_augment", ops=tuple(built), num_ops=2)
+    assert str(from_json.value) == str(from_python.value)
+
+
+def test_numbers_are_stored_as_floats_whatever_their_type():
+    """An int probability in Python equals the same policy read from JSON, and writes the same bytes."""
+    built = Policy("sequential", ops=(OpConfig("hflip", 1), OpConfig("rotate", 1, Magnitude(10))), fill=[0, 1, 0])
+    assert built.ops[0].prob == 1.0 and isinstance(built.ops[0].prob, float) and built.fill == (0.0, 1.0, 0.0)
+    assert loads(dumps(built)) == built and dumps(loads(dumps(built))) == dumps(built)
+
+
 def test_to_timm_and_fidelity():
     assert to_timm(preset("randaugment")) == "rand-m3-n2-p1-inc1"
     assert to_timm(preset("trivialaugment_wide")) == "rand-m10-mstd101-n1-p1-inc1"

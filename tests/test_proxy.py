@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import math
 import pickle
+from dataclasses import replace
 
 import pytest
 import torch
 
-from search_spaces import BatchOp, Policy, preset
+from search_spaces import BatchOp, Magnitude, OpConfig, Policy, preset
 from trainers.data import load_dataset, make_splits
 from trainers.engine import TrainingDiverged
 from trainers.proxy import DensityMatcher, ProxyConfig, ProxyData, build_augment, train_proxy
@@ -36,10 +38,21 @@ def test_same_seed_same_result_on_cpu(data):
 
 
 def test_batch_ops_and_no_base_augmentation(data):
-    mixing = (BatchOp("cutmix", 0.5), BatchOp("mixup", 0.5))
-    policy = Policy("sequential", ops=preset("crop_flip").ops, batch_ops=mixing)
-    result = train_proxy(policy, data, ProxyConfig(width=8, epochs=1, batch_size=64, base_augment=False))
-    assert result.final_val_acc is not None
+    mixing = (BatchOp("cutmix", 0.5), BatchOp("mixup", 0.5))  # one of them on every batch
+    plain = Policy("sequential", ops=preset("crop_flip").ops)
+    policy = replace(plain, batch_ops=mixing)
+    config = ProxyConfig(width=8, epochs=1, batch_size=64, base_augment=False)
+
+    def run(p):
+        return [(m.train_loss, m.val_acc) for m in train_proxy(p, data, config).history]
+
+    mixed = run(policy)
+    assert len(mixed) == 1 and all(math.isfinite(loss) and 0.0 <= acc <= 1.0 for loss, acc in mixed)
+    assert mixed == run(policy)  # the mixing draws are seeded: the same config replays them exactly
+    assert mixed != run(plain)  # the same run without batch ops: only the mixing differs, and it shows
+    # base_augment=False: the policy's stage alone, no crop+flip in front of it (and nothing without a policy)
+    assert [stage.policy.name for stage in build_augment(plain, base=False).stages] == [plain.name]
+    assert [stage.policy.name for stage in build_augment(plain).stages] == ["crop-flip", plain.name]
     assert build_augment(None, base=False) is None
 
 
@@ -57,3 +70,9 @@ def test_density_matcher_scores_policies_and_pickles(data):
     assert clone.score("none") == pytest.approx(matcher.clean_accuracy)
     assert clone.score("randaugment", seed=1) == clone.score("randaugment", seed=1)
     assert 0.0 <= clone.score("autoaugment_cifar10") <= 1.0
+    # a policy that erases every image (brightness 0: all black): each fold model then sees one input and
+    # predicts one class for all of its held-out images, so it scores that class's share, at most the largest
+    blank = Policy("sequential", ops=(OpConfig("brightness", 1.0, Magnitude(0.0)),))
+    largest_share = max(float(torch.bincount(f["y"]).max()) / len(f["y"]) for f in matcher.folds)
+    assert clone.score(blank, seed=0) == clone.score(blank, seed=1) <= largest_share + 1e-6  # (accuracies are float32)
+    assert clone.score(blank) < matcher.clean_accuracy  # the score ranks a destructive policy below none

@@ -9,15 +9,48 @@ from typing import Any
 import numpy as np
 import torch
 
+from search_spaces.errors import one_line  # noqa: F401  (re-exported: the data modules report errors with it)
+
 
 class DataError(ValueError):
     """One-line, user-facing data problem (message names the path/field)."""
 
 
-def one_line(exc: BaseException) -> str:
-    """``Type: first line of the message`` of an exception, for one-line reports."""
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
+GIB = 1 << 30
+MIB = 1 << 20
+
+
+@dataclass(frozen=True)
+class DataLimits:
+    """Resource caps :func:`~trainers.data.load_dataset` enforces before it reads or decodes too much.
+
+    - ``max_bytes``: total bytes of the source's image files (a zip's uncompressed sizes, checked from its
+      directory before anything is inflated; a folder's file sizes) and of a ``.npz``'s arrays.
+    - ``max_file_bytes``: bytes of any one image file (uncompressed); reads stop one byte past it.
+    - ``max_image_pixels``: width x height of any one image, read from its header before it is decoded.
+    - ``max_pixels``: total pixels (N x H x W) of the decoded dataset, counted as images decode.
+
+    Exceeding any of them is a one-line :class:`DataError` naming the limit; pass larger ones to go on.
+    """
+
+    max_bytes: int = 4 * GIB
+    max_file_bytes: int = 256 * MIB
+    max_image_pixels: int = 1 << 26  # 8192 x 8192: a 60-megapixel photo passes
+    max_pixels: int = 1 << 30  # 3 GiB of RGB uint8 (CIFAR-10's 50,000 images: 51M pixels)
+
+    def __post_init__(self) -> None:
+        for name in ("max_bytes", "max_file_bytes", "max_image_pixels", "max_pixels"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise DataError(f"{name} must be a positive integer, got {value!r}")
+
+
+def human_bytes(n: int) -> str:
+    """``1.5 GiB``-style size for messages."""
+    for unit, size in (("GiB", GIB), ("MiB", MIB), ("KiB", 1 << 10)):
+        if n >= size:
+            return f"{n / size:.1f} {unit}"
+    return f"{n} B"
 
 
 def index_tensor(idx: Any) -> torch.Tensor:
