@@ -1,4 +1,5 @@
-"""Export a campaign's top policies (JSON, torchvision snippet, timm string) and render preview grids."""
+"""Export a campaign's top policies (policy JSON, or native torchvision/kornia/albumentations/timm forms) and
+render preview grids."""
 
 from __future__ import annotations
 
@@ -10,31 +11,15 @@ from typing import Literal
 import torch
 
 from search_spaces import Augmenter, Policy, Schedule, load_policy, load_policy_or_schedule, save_policy
-from search_spaces.export import ExportError
+from search_spaces.export import ExportError, albumentations_json, kornia_source, to_timm, torchvision_source
+from trainers.plotting import pyplot
 
-__all__ = ["export_campaign", "preview_policy", "ranked_policies", "ExportError", "FORMATS"]
+__all__ = ["export_campaign", "preview_policy", "ranked_policies", "ExportError", "FORMATS",
+           "measure_export_fidelity"]
 
-FORMATS = ("json", "torchvision", "timm")
-
-_SNIPPET = '''"""Torchvision transform for policy {name!r} (campaign {campaign!r}, rank {rank}, score {score}).
-
-Usage: ``from {module} import transform`` then ``transform(image_tensor)``. Needs the policy-search package.
-"""
-
-from pathlib import Path
-
-from search_spaces import load_policy
-
-POLICY_FILE = Path(__file__).with_name({json_name!r})
-
-
-def build_transform(seed=None):
-    """The policy as a ``torchvision.transforms.v2`` transform (loads the JSON next to this file)."""
-    return load_policy(POLICY_FILE).to_torchvision(seed)
-
-
-transform = build_transform()
-'''
+FORMATS = ("json", "torchvision", "kornia", "albumentations", "timm")
+#: File suffix per format.
+SUFFIX = {"json": ".json", "torchvision": ".py", "kornia": ".py", "albumentations": ".json", "timm": ".txt"}
 
 
 def ranked_policies(folder: str | os.PathLike, top: int | None = None) -> list[Path]:
@@ -47,40 +32,56 @@ def ranked_policies(folder: str | os.PathLike, top: int | None = None) -> list[P
 
 
 def export_campaign(folder: str | os.PathLike, top: int = 3,
-                    fmt: Literal["json", "torchvision", "timm"] = "json",
+                    fmt: Literal["json", "torchvision", "kornia", "albumentations", "timm"] = "json",
                     out: str | os.PathLike | None = None) -> list[Path]:
-    """Write the top ``top`` policies of a campaign to ``out`` (default ``<folder>/export/<fmt>``).
+    """Write the top ``top`` policies of a campaign to ``out`` (default ``<folder>/export/<fmt>``), one file each.
 
-    json: the policy files; torchvision: ``rank<i>.py`` loading ``rank<i>.json`` (no pickles); timm: ``rank<i>.txt``
-    with the ``auto_augment`` string. Raises ExportError (one line) when a policy has no timm form. A pbt
-    campaign ranks schedules (``augschedule/1.0``), which export as json only.
+    json: the policy files; torchvision: ``rank<i>.py``, self-contained (imports only torch and torchvision,
+    the policy embedded, provenance and fidelity in its header); kornia: ``rank<i>.py`` (torch + kornia only);
+    albumentations: ``rank<i>.json`` for ``albumentations.load``; timm: ``rank<i>.txt`` with the
+    ``auto_augment`` string. Raises ExportError (one line, ``rank<i>: ...``) when a policy has no form in the
+    target. A pbt campaign ranks schedules (``augschedule/1.0``), which export as json only.
     """
     if fmt not in FORMATS:
         raise ExportError(f"format: must be one of {', '.join(FORMATS)}, got {fmt!r}")
     folder = Path(folder)
     out_dir = Path(out) if out is not None else folder / "export" / fmt
+    sources = ranked_policies(folder, top)
+    policies = []
+    for i, src in enumerate(sources, start=1):
+        policy = load_policy_or_schedule(src)
+        if isinstance(policy, Schedule) and fmt != "json":
+            raise ExportError(f"rank{i}: a schedule (pbt campaign) exports as json only, not {fmt} "
+                              "(replay it with trainers.proxy.build_augment or search_spaces.ScheduledAugmenter)")
+        policies.append(policy)
+    texts = []
+    for i, policy in enumerate(policies, start=1):  # every policy checked before anything is written
+        if fmt == "json":
+            texts.append(None)
+            continue
+        try:
+            texts.append(_render(policy, fmt, folder.name, i))
+        except ExportError as exc:
+            raise ExportError(f"rank{i}: {str(exc).splitlines()[0]}") from None
     out_dir.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
-    for i, src in enumerate(ranked_policies(folder, top), start=1):
-        policy = load_policy_or_schedule(src)
-        stem = f"rank{i}"
-        if isinstance(policy, Schedule) and fmt != "json":
-            raise ExportError(f"{stem}: a schedule (pbt campaign) exports as json only, not {fmt} "
-                              "(replay it with trainers.proxy.build_augment or search_spaces.ScheduledAugmenter)")
-        if fmt == "timm":
-            try:
-                text = policy.to_timm()
-            except ExportError as exc:
-                raise ExportError(f"{stem}: {str(exc).splitlines()[0]}") from None
-            written.append(_write(out_dir / f"{stem}.txt", text + "\n"))
-            continue
-        written.append(save_policy(policy, out_dir / f"{stem}.json"))
-        if fmt == "torchvision":
-            prov = policy.provenance
-            code = _SNIPPET.format(name=policy.name, campaign=prov.get("campaign"), rank=i, score=prov.get("score"),
-                                   module=stem, json_name=f"{stem}.json")
-            written.append(_write(out_dir / f"{stem}.py", code))
+    for i, (policy, text) in enumerate(zip(policies, texts, strict=True), start=1):
+        path = out_dir / f"rank{i}{SUFFIX[fmt]}"
+        written.append(save_policy(policy, path) if text is None else _write(path, text))
     return written
+
+
+def _render(policy: Policy, fmt: str, campaign: str, rank: int) -> str:
+    prov = {"campaign": policy.provenance.get("campaign", campaign), "rank": rank,
+            "score": policy.provenance.get("score"), **{k: v for k, v in policy.provenance.items()
+                                                       if k not in ("campaign", "score")}}
+    if fmt == "torchvision":
+        return torchvision_source(policy, prov)
+    if fmt == "kornia":
+        return kornia_source(policy, prov)
+    if fmt == "albumentations":
+        return albumentations_json(policy)
+    return to_timm(policy) + "\n"
 
 
 def _write(path: Path, text: str) -> Path:
@@ -91,10 +92,7 @@ def _write(path: Path, text: str) -> Path:
 def preview_policy(policy: Policy | str | os.PathLike, images: torch.Tensor, out_png: str | os.PathLike,
                    n: int = 8, seed: int = 0, title: str | None = None) -> Path:
     """Save a grid: row 0 the first ``n`` originals, rows 1..3 three augmented draws of them."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     policy = load_policy(policy)
     x = images[:n]
@@ -121,6 +119,16 @@ def _unit(x: torch.Tensor) -> torch.Tensor:
     return x.float() / 255.0 if x.dtype == torch.uint8 else x
 
 
-def policy_summary(path: str | os.PathLike) -> str:
-    """One-line JSON of a policy's provenance (for status views)."""
-    return json.dumps(load_policy(path).provenance, sort_keys=True)
+def measure_export_fidelity(out: str | os.PathLike | None = None, num_images: int = 32) -> dict:
+    """Measure every export's per-op fidelity on the bundled CIFAR-10 sample and write ``op_fidelity.json``
+    (default: the copy shipped in ``search_spaces/exports``). Returns the document."""
+    from search_spaces.exports.fidelity import EXACT_AGREEMENT, TARGETS, measure_ops
+    from trainers.data import load_dataset
+
+    images = load_dataset("sample").images[:num_images]
+    doc = {"images": f"bundled CIFAR-10 sample (trainers/sample), first {num_images} images, uint8 32x32",
+           "exact_agreement": EXACT_AGREEMENT, "targets": measure_ops(images, TARGETS)}
+    shipped = Path(__file__).parents[1] / "search_spaces" / "exports" / "op_fidelity.json"
+    path = Path(out) if out is not None else shipped
+    path.write_text(json.dumps(doc, indent=1) + "\n")
+    return doc
