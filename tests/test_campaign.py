@@ -23,16 +23,8 @@ from policy_search.export import export_campaign
 from search_spaces import load_policy
 
 TINY = {"train_size": 500, "val_size": 250, "proxy.epochs": 2, "proxy.width": 8, "num_trials": 4,
+        "objective": "proxy", "space": "randaugment", "race.enabled": False,
         "max_concurrent": 2, "num_cpus": 2}
-
-
-@pytest.fixture(scope="session")
-def ray_local():
-    """One local Ray for the module (campaigns reuse an initialised Ray and leave it running)."""
-    if not ray.is_initialized():
-        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield
-    ray.shutdown()
 
 
 def tiny(tmp_path: Path, name: str, **extra):
@@ -72,7 +64,7 @@ def test_proxy_campaign_end_to_end(tmp_path, ray_local):
     with pytest.raises(CampaignError, match="already exists"):
         run_campaign(cfg)
     files = export_campaign(result.folder, top=2, fmt="torchvision")
-    assert [p.name for p in files] == ["rank1.json", "rank1.py", "rank2.json", "rank2.py"]
+    assert [p.name for p in files] == ["rank1.py", "rank2.py"]  # one self-contained file per policy
 
 
 @pytest.mark.slow
@@ -98,12 +90,47 @@ def test_failing_trials_are_recorded_and_the_campaign_completes(tmp_path, ray_lo
     assert not (result.folder / "best_policy.json").exists()
 
 
+KILLED_TRIALS = 10
+FINISHED_BEFORE_KILL = 3
+# The driver runs the campaign with run_trial wrapped by a gate: trials claim slots 0, 1, ... (one file each,
+# created exclusively) and the trial that claims slot FINISHED_BEFORE_KILL blocks on a release file the test
+# creates only after the kill. So the driver dies with exactly FINISHED_BEFORE_KILL finished trials and one
+# running, whatever the machine's speed. The wrapper lives in __main__, so cloudpickle ships it to the Ray
+# workers by value; its __name__ stays "run_trial", the name Tuner.restore checks on resume (which runs the
+# real run_trial).
 _DRIVER = textwrap.dedent("""
+    import os
     import sys
-    from policy_search.campaign import run_campaign
+    import time
+    from pathlib import Path
+
+    import policy_search.campaign as campaign
     from policy_search.config import load_config
-    run_campaign(load_config(overrides=dict(output=sys.argv[1], name="killed", num_trials=10, max_concurrent=1,
-                 train_size=300, val_size=150, num_cpus=2, **{"proxy.epochs": 1, "proxy.width": 8})))
+
+    output, num_trials, gate, finish = sys.argv[1], int(sys.argv[2]), Path(sys.argv[3]), int(sys.argv[4])
+    real_run_trial = campaign.run_trial
+
+    def gated(config, **kwargs):
+        slot = 0
+        while True:
+            try:
+                os.close(os.open(gate / f"slot-{slot}", os.O_CREAT | os.O_EXCL))
+                break
+            except FileExistsError:
+                slot += 1
+        if slot < finish:
+            return real_run_trial(config, **kwargs)
+        (gate / "blocked").touch()
+        deadline = time.monotonic() + 600  # never reached in a passing test: the test kills the driver
+        while not (gate / "release").exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        raise RuntimeError("gate released without a kill")
+
+    gated.__name__ = "run_trial"
+    campaign.run_trial = gated
+    campaign.run_campaign(load_config(overrides=dict(
+        output=output, name="killed", num_trials=num_trials, max_concurrent=1, train_size=300, val_size=150,
+        num_cpus=2, objective="proxy", **{"proxy.epochs": 1, "proxy.width": 8, "race.enabled": False})))
 """)
 
 
@@ -114,42 +141,63 @@ def _tune_finished(folder: Path) -> int:
     return sum(json.loads(state)["status"] == "TERMINATED" for state, _ in states)
 
 
+def _completed(storage: str) -> dict[str, float]:
+    """Tune trial id -> value of the COMPLETE trials of the study (empty while the study does not exist)."""
+    try:
+        trials = optuna.load_study(study_name="killed", storage=storage).trials
+    except Exception:  # noqa: BLE001 - the driver creates the database a few seconds in
+        return {}
+    return {t.user_attrs["tune_trial_id"]: t.value for t in trials if t.state == TrialState.COMPLETE}
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("snapshot_s", ["1", "3600"])  # 3600: every trial finishes after Tune's last snapshot
 def test_resume_after_kill_9(tmp_path, ray_local, snapshot_s):
+    gate = tmp_path / "gate"
+    gate.mkdir()
     env = {**os.environ, "TUNE_GLOBAL_CHECKPOINT_S": snapshot_s}
-    proc = subprocess.Popen([sys.executable, "-c", _DRIVER, str(tmp_path)], env=env, start_new_session=True,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    cfg = load_config(overrides={"output": str(tmp_path), "name": "killed", "num_trials": 10})
+    log = tmp_path / "driver.log"
+    with log.open("wb") as sink:
+        proc = subprocess.Popen([sys.executable, "-c", _DRIVER, str(tmp_path), str(KILLED_TRIALS), str(gate),
+                                 str(FINISHED_BEFORE_KILL)], env=env, start_new_session=True,
+                                stdout=sink, stderr=subprocess.STDOUT)
+    cfg = load_config(overrides={"output": str(tmp_path), "name": "killed", "num_trials": KILLED_TRIALS})
     storage = cfg.storage_url()
-    deadline, done = time.monotonic() + 240, []
+    deadline = time.monotonic() + 240
+
+    def wait_for(condition, what: str) -> None:
+        while not condition():
+            assert proc.poll() is None, (f"the driver exited (status {proc.returncode}) before {what}:\n"
+                                         + log.read_text(errors="replace")[-3000:])
+            assert time.monotonic() < deadline, f"timed out waiting for {what}"
+            time.sleep(0.2)
+
+    def tune_snapshot_has_them() -> bool:
+        try:
+            return _tune_finished(cfg.folder) >= FINISHED_BEFORE_KILL
+        except (ValueError, OSError):  # no snapshot yet, or one being written
+            return False
+
     try:
-        while time.monotonic() < deadline and proc.poll() is None:
-            try:  # the driver creates the database a few seconds in
-                if (cfg.folder / "study.db").is_file():
-                    trials = optuna.load_study(study_name="killed", storage=storage).trials
-                    done = [t for t in trials if t.state == TrialState.COMPLETE]
-            except Exception:  # noqa: BLE001 - not created yet
-                pass
-            if len(done) >= 2:
-                break
-            time.sleep(0.3)
-        assert len(done) >= 2, "the campaign did not complete two trials in time"
-        if snapshot_s == "1":
-            time.sleep(1.5)  # Tune snapshots the experiment meanwhile
+        wait_for(lambda: (gate / "blocked").exists(), "the gated trial")
+        wait_for(lambda: len(_completed(storage)) == FINISHED_BEFORE_KILL, "the finished trials in the study")
+        if snapshot_s == "1":  # the driver loops on while the gated trial blocks: a snapshot follows in ~1 s
+            wait_for(tune_snapshot_has_them, "a Tune snapshot holding the finished trials")
     finally:
         os.killpg(proc.pid, signal.SIGKILL)  # the driver and the Ray processes it started
         proc.wait()
-    before = {t.user_attrs["tune_trial_id"]: t.value for t in
-              optuna.load_study(study_name="killed", storage=storage).trials if t.state == TrialState.COMPLETE}
-    assert len(before) < 10, "campaign finished before the kill; nothing to resume"
+        (gate / "release").touch()  # a gated worker that outlived the kill exits
+    before = _completed(storage)
+    assert len(before) == FINISHED_BEFORE_KILL
+    running = optuna.load_study(study_name="killed", storage=storage).get_trials(states=(TrialState.RUNNING,))
+    assert len(running) == 1  # the gated trial, left RUNNING by the kill
     if snapshot_s == "3600":  # the gap under test: the study is ahead of Tune's snapshot
         assert _tune_finished(tmp_path / "killed") < len(before)
 
     result = resume_campaign(tmp_path / "killed")
     df = pd.read_csv(result.folder / "trials.csv")
-    assert len(df) == 10 and df["trial_id"].is_unique
-    assert (df["status"] == "COMPLETE").sum() == 10
+    assert len(df) == KILLED_TRIALS and df["trial_id"].is_unique
+    assert (df["status"] == "COMPLETE").sum() == KILLED_TRIALS
     for trial_id, value in before.items():  # completed before the kill: kept exactly once, with its value
         rows = df[df["trial_id"] == trial_id]
         assert len(rows) == 1 and rows["val_acc"].iloc[0] == pytest.approx(value)

@@ -23,6 +23,7 @@ from PIL import Image
 
 from trainers.data import (
     DataError,
+    DataLimits,
     ImageData,
     Splits,
     _decode,
@@ -363,6 +364,199 @@ def test_centre_crop_keeps_the_middle(tmp_path: Path) -> None:
     green = np.zeros((3, 32, 32), np.uint8)
     green[1] = 255
     assert all(np.array_equal(image, green) for image in data.images.numpy())
+
+
+# ---------------------------------------------------------------- limits: zip bombs, huge images, decode_size
+
+MIB = 1 << 20
+
+
+def write_bomb(path: Path, members: dict[str, int], good: dict[str, bytes] | None = None) -> Path:
+    """A real zip bomb: members of `size` zero bytes, deflated (1,000:1) and streamed, so neither the file
+    nor this process ever holds them; `good` members are stored as given."""
+    zeros = bytes(MIB)
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as archive:
+        for name, blob in (good or {}).items():
+            archive.writestr(name, blob)
+        for name, size in members.items():
+            with archive.open(name, "w") as member:
+                for _ in range(size // MIB):
+                    member.write(zeros)
+    return path
+
+
+def lie_about_size(path: Path, name: str, declared: int) -> None:
+    """Rewrite a member's uncompressed size in the local header and the central directory (no zip64)."""
+    blob = bytearray(path.read_bytes())
+    with zipfile.ZipFile(path) as archive:
+        info = archive.getinfo(name)
+    encoded = name.encode()
+    local = info.header_offset
+    assert blob[local : local + 4] == b"PK\x03\x04"
+    blob[local + 22 : local + 26] = declared.to_bytes(4, "little")
+    central = next(i for i in range(len(blob)) if blob[i : i + 4] == b"PK\x01\x02"
+                   and blob[i + 46 : i + 46 + len(encoded)] == encoded)
+    blob[central + 24 : central + 28] = declared.to_bytes(4, "little")
+    path.write_bytes(bytes(blob))
+
+
+def png_header_only(width: int, height: int) -> bytes:
+    """A PNG whose header declares width x height RGB pixels, with almost no pixel data behind it."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+
+
+def test_zip_bomb_is_refused_from_its_directory_without_inflating(
+    tmp_path: Path, jpegs: dict[str, list[bytes]]
+) -> None:
+    bomb = write_bomb(tmp_path / "bomb.zip", {"dog/bomb.png": 300 * MIB}, two_classes(jpegs))
+    assert bomb.stat().st_size < 2 * MIB  # 300 MiB inflated, under 1% of it on disk
+    started = time.perf_counter()
+    with data_error(r"bomb.zip: 'dog/bomb.png' is 300.0 MiB uncompressed \(over max_file_bytes=256.0 MiB\)"):
+        load_dataset(bomb)  # the default limits
+    assert time.perf_counter() - started < 0.5  # refused from the directory: nothing was inflated
+    many = write_bomb(tmp_path / "many.zip", {f"dog/{i}.png": 8 * MIB for i in range(4)}, two_classes(jpegs))
+    with data_error(r"many.zip: 10 image files hold 32.0 MiB uncompressed \(over max_bytes=16.0 MiB\)"):
+        load_dataset(many, limits=DataLimits(max_bytes=16 * MIB))
+    assert len(load_dataset(write_zip(tmp_path / "ok.zip", two_classes(jpegs)), limits=DataLimits(max_bytes=MIB))) == 6
+
+
+def test_zip_member_that_lies_about_its_size_is_read_only_to_the_declared_size(
+    tmp_path: Path, jpegs: dict[str, list[bytes]]
+) -> None:
+    import tracemalloc
+
+    bomb = write_bomb(tmp_path / "liar.zip", {"dog/liar.png": 200 * MIB}, two_classes(jpegs))
+    lie_about_size(bomb, "dog/liar.png", 1000)
+    tracemalloc.start()
+    try:
+        with pytest.warns(UserWarning, match="skipped 1 undecodable image file.*dog/liar.png"):
+            data = load_dataset(bomb, cache_dir=tmp_path / "cache")
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert len(data) == 6 and data.skipped == 1
+    assert peak < 50 * MIB  # the 200 MiB behind the lie were never inflated into memory
+
+
+def test_reads_stop_at_max_file_bytes_whatever_stat_says(tmp_path: Path, jpegs: dict[str, list[bytes]]) -> None:
+    root = write_tree(tmp_path / "tree", two_classes(jpegs))
+    (root / "dog" / "endless.jpg").symlink_to("/dev/zero")  # stat size 0, endless content
+    with data_error(r"'endless.jpg' holds more than max_file_bytes=1.0 MiB"):
+        load_dataset(root, limits=DataLimits(max_file_bytes=MIB))
+    (root / "dog" / "endless.jpg").unlink()
+    (root / "dog" / "big.jpg").write_bytes(bytes(2 * MIB))
+    with data_error(r"'dog/big.jpg' is 2.0 MiB \(over max_file_bytes=1.0 MiB\)"):
+        load_dataset(root, limits=DataLimits(max_file_bytes=MIB))
+
+
+def test_npz_bomb_is_refused_before_inflating(tmp_path: Path) -> None:
+    path = tmp_path / "bomb.npz"
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as archive:
+        with archive.open("x.npy", "w", force_zip64=True) as member:
+            np.lib.format.write_array_header_1_0(member, {"descr": "|u1", "fortran_order": False,
+                                                          "shape": (3000, 3, 32, 32)})
+            member.write(bytes(3000 * 3 * 32 * 32))
+        with archive.open("y.npy", "w") as member:
+            np.lib.format.write_array(member, np.arange(3000) % 2)
+    with data_error(r"bomb.npz: arrays hold 8.8 MiB uncompressed \(over max_bytes=1.0 MiB\)"):
+        load_dataset(path, limits=DataLimits(max_bytes=MIB))
+    assert load_dataset(path).images.shape == (3000, 3, 32, 32)
+
+
+def test_npz_header_that_lies_about_its_shape_is_refused_before_allocating(tmp_path: Path) -> None:
+    path = tmp_path / "liar.npz"
+    with zipfile.ZipFile(path, "w") as archive:
+        with archive.open("x.npy", "w") as member:  # declares 8 EiB; numpy would allocate that first
+            np.lib.format.write_array_header_1_0(member, {"descr": "|u1", "fortran_order": False,
+                                                          "shape": (1 << 56, 3, 32, 32)})
+            member.write(bytes(3 * 32 * 32))
+        with archive.open("y.npy", "w") as member:
+            np.lib.format.write_array(member, np.array([0, 1]))
+    with data_error(r"liar.npz: array 'x' declares shape \(72057594037927936, 3, 32, 32\) .* but holds 3.0 KiB"):
+        load_dataset(path)
+
+
+@pytest.fixture(scope="module")
+def photo() -> bytes:
+    """A 6000 x 4000 (24-megapixel) JPEG: smooth colour gradients plus a square, like a full-size photo."""
+    yy, xx = np.mgrid[0:4000, 0:6000]
+    rgb = np.stack([xx * 255 // 6000, yy * 255 // 4000, (xx + yy) * 255 // 10000], axis=-1).astype(np.uint8)
+    rgb[1500:2500, 2500:3500] = (250, 30, 30)
+    return encode(Image.fromarray(rgb), "JPEG", quality=90)
+
+
+def test_large_photos_are_scaled_at_decode(tmp_path: Path, jpegs: dict[str, list[bytes]], photo: bytes) -> None:
+    root = write_tree(tmp_path / "photos", {"cat/photo.jpg": photo, "dog/photo.jpg": photo,
+                                           "dog/small.jpg": jpegs["dog"][0]})
+    data = load_dataset(root, decode_size=48, cache_dir=tmp_path / "cache")
+    assert data.images.shape == (3, 3, 48, 72)  # shorter side 48, aspect kept; the CIFAR image is left alone
+    expected = np.asarray(decoded(photo).resize((72, 48), Image.Resampling.BICUBIC)).astype(int)
+    got = data.images[0].numpy().transpose(1, 2, 0).astype(int)
+    assert np.abs(got - expected).mean() < 3  # JPEG draft scaling + bicubic ~ bicubic from full size
+    assert tuple(got[24, 36]) == pytest.approx((250, 30, 30), abs=12)  # the square is in the middle
+    small = load_dataset(root, decode_size=48, image_size=32, cache_dir=tmp_path / "cache")
+    assert small.images.shape == (3, 3, 32, 32)
+    assert {p.name.split("-", 1)[1] for p in (tmp_path / "cache").iterdir()} == {
+        "sizeauto-d48-c3-v1.npz", "size32-d48-c3-v1.npz"}  # decode_size is part of the cache key
+    with data_error("decode_size must be a positive integer or None, got 0"):
+        load_dataset(root, decode_size=0)
+
+
+def test_decode_size_scales_arrays_too(tmp_path: Path) -> None:
+    x = np.zeros((4, 96, 64, 3), np.uint8)
+    np.savez(tmp_path / "a.npz", x=x, y=np.array([0, 1, 0, 1]))
+    assert load_dataset(tmp_path / "a.npz", decode_size=32).images.shape == (4, 3, 48, 32)
+    with data_error(r"4 images of 64x96 are 24,576 pixels \(over max_pixels=10,000\)"):
+        load_dataset(tmp_path / "a.npz", limits=DataLimits(max_pixels=10_000))
+
+
+def test_pixel_caps(tmp_path: Path, jpegs: dict[str, list[bytes]], photo: bytes) -> None:
+    root = write_tree(tmp_path / "photos", {"cat/photo.jpg": photo, **two_classes(jpegs)})
+    with data_error(r"'cat/photo.jpg': 6000x4000 pixels, over max_image_pixels=10,000,000"):
+        load_dataset(root, limits=DataLimits(max_image_pixels=10_000_000))
+    with data_error(r"the decoded images pass max_pixels=1,000,000 .* after 4 of 7 files; pass decode_size"):
+        load_dataset(root, limits=DataLimits(max_pixels=1_000_000))  # native size: 24M pixels
+    assert len(load_dataset(root, decode_size=32, limits=DataLimits(max_pixels=1_000_000))) == 7
+    (root / "dog" / "claims.png").write_bytes(png_header_only(12_000, 12_000))  # 144M pixels, 100 bytes
+    with data_error(r"'dog/claims.png': 12000x12000 pixels, over max_image_pixels=67,108,864"):
+        load_dataset(root, decode_size=32)
+    (root / "dog" / "claims.png").write_bytes(png_header_only(20_000, 20_000))  # over Pillow's own ceiling
+    with data_error(r"'dog/claims.png': over Pillow's decompression-bomb limit"):
+        load_dataset(root, decode_size=32, limits=DataLimits(max_image_pixels=10**9))
+
+
+def test_pixel_caps_hold_in_the_process_pool(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, jpegs: dict[str, list[bytes]], photo: bytes
+) -> None:
+    monkeypatch.setattr(_decode, "POOL_MIN_FILES", 0)
+    monkeypatch.setattr(_decode, "CHUNK_FILES", 2)
+    root = write_tree(tmp_path / "photos", {"cat/photo.jpg": photo, **two_classes(jpegs)})
+    with data_error(r"'cat/photo.jpg': 6000x4000 pixels, over max_image_pixels=10,000,000"):
+        load_dataset(root, limits=DataLimits(max_image_pixels=10_000_000))
+    with data_error(r"'cat/photo.jpg': the decoded images pass max_pixels=1,000,000"):
+        load_dataset(root, limits=DataLimits(max_pixels=1_000_000))
+    assert load_dataset(root, decode_size=32).images.shape == (7, 3, 32, 32)
+
+
+def test_cached_data_obeys_the_pixel_cap(tmp_path: Path, jpegs: dict[str, list[bytes]]) -> None:
+    root = write_tree(tmp_path / "t", two_classes(jpegs))
+    load_dataset(root, cache_dir=tmp_path / "cache")
+    with data_error(r"6 images of 32x32 are 6,144 pixels \(over max_pixels=1,000\)"):
+        load_dataset(root, cache_dir=tmp_path / "cache", limits=DataLimits(max_pixels=1000))
+
+
+def test_bad_limits_are_one_line() -> None:
+    with data_error("max_pixels must be a positive integer, got 0"):
+        DataLimits(max_pixels=0)
+    with data_error("limits must be a trainers.data.DataLimits, got dict"):
+        load_dataset("sample", limits={"max_bytes": 1})
 
 
 # ---------------------------------------------------------------- npz

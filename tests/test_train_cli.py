@@ -122,3 +122,22 @@ def test_sigkill_mid_stage_then_resume_ends_with_the_same_epochs_and_result(tmp_
         torch.set_num_threads(before)
     assert final["student_test_acc"] == reference["student_test_acc"]
     assert final["stages"]["student"]["train_loss"] == reference["stages"]["student"]["train_loss"]
+
+
+@pytest.mark.parametrize("name", ["../x", "..", ".", "a/b", "/abs", "a\\b", ".hidden", "", "x" * 101, "a\0b"])
+def test_run_names_never_leave_the_output_folder(tmp_path, name):
+    from trainers.pipelines import PipelineError, Run
+
+    out = tmp_path / "out"
+    with pytest.raises(PipelineError, match=r"run name must be letters, digits") as info:
+        Run.open(out, name, {"pipeline": "distill"})
+    assert "\n" not in str(info.value)
+    assert not any(tmp_path.iterdir())  # nothing created, inside --output or beside it
+    run = Run.open(out, "ok-1.2_x", {"pipeline": "distill"})
+    for method in (run.checkpoint_path, run.load_arrays):
+        with pytest.raises(PipelineError, match=r"(stage|array) name must be"):
+            method(name)
+    with pytest.raises(PipelineError, match=r"array name must be"):
+        run.save_arrays(name, a=torch.zeros(1))
+    assert sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*")) == [
+        "out", "out/ok-1.2_x", "out/ok-1.2_x/arrays", "out/ok-1.2_x/checkpoints", "out/ok-1.2_x/config.json"]

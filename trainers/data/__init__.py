@@ -29,19 +29,34 @@ Decoding rules (files, and arrays that need conversion):
 - Order is deterministic: labels index the sorted class names, files are sorted by name within a
   class. Sources of 4,096 files or more are decoded by a process pool over chunks, in the same order.
 
+Limits and large images (``limits=DataLimits(...)``, one-line DataError naming the limit when passed):
+
+- ``max_bytes`` (4 GiB): all image files of a source together; a zip's uncompressed sizes are taken from its
+  directory and checked before anything is inflated (a zip bomb is refused, not read); also a ``.npz``'s arrays.
+- ``max_file_bytes`` (256 MiB): one image file; every read stops one byte past it, whatever a zip header
+  or ``stat`` claims (a link to ``/dev/zero`` is refused too).
+- ``max_image_pixels`` (2**26, 8192 x 8192): one image, from its header, before its pixels are decoded
+  (Pillow's own decompression-bomb ceiling, twice ``Image.MAX_IMAGE_PIXELS``, also gives this error).
+- ``max_pixels`` (2**30, 3 GiB of RGB): the decoded dataset, N x H x W, counted as images decode.
+- ``decode_size=S`` scales every image whose shorter side exceeds S to that shorter side as it decodes
+  (bicubic, aspect kept; JPEGs are first decoded at 1/2, 1/4 or 1/8 scale, never below S), so a folder of
+  full-size photos never exists at native size (arrays are scaled the same way); the size rules above then
+  apply. It is part of the cache key.
+
 Cache: a decoded file source is stored once as an uncompressed ``.npz`` (no pickle) named by the
 sha256 of its content (zip: the file; directory: sorted relative paths and file contents) plus
-``image_size`` and ``channels``, under ``cache_dir`` (default ``$POLICY_SEARCH_CACHE``, else
+``image_size``, ``decode_size`` and ``channels``, under ``cache_dir`` (default ``$POLICY_SEARCH_CACHE``, else
 ``~/.cache/policy-search``). Writes are atomic (temp file + rename); an unreadable entry is reported
 with a warning and rebuilt; an unwritable cache directory only warns. Array sources are not cached.
 """
 
-from ._common import DataError, ImageData
+from ._common import DataError, DataLimits, ImageData
 from ._sources import load_dataset
 from .splits import Splits, make_splits, stratified_kfold, to_device_tensors
 
 __all__ = [
     "DataError",
+    "DataLimits",
     "ImageData",
     "Splits",
     "load_dataset",

@@ -33,9 +33,12 @@ def default_dir() -> Path:
     return Path(env).expanduser() if env else Path.home() / ".cache" / "policy-search"
 
 
-def cache_path(cache_dir: Path, digest: str, image_size: int | None, channels: int) -> Path:
+def cache_path(
+    cache_dir: Path, digest: str, image_size: int | None, channels: int, decode_size: int | None = None
+) -> Path:
     """Cache file for a source digest and the decoding options; its stem is also stored inside it."""
-    return cache_dir / f"{digest}-size{image_size or 'auto'}-c{channels}-v{FORMAT}.npz"
+    decoded_at = f"-d{decode_size}" if decode_size is not None else ""
+    return cache_dir / f"{digest}-size{image_size or 'auto'}{decoded_at}-c{channels}-v{FORMAT}.npz"
 
 
 def _check(decoded: Decoded, key: str, expected_key: str) -> None:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, fields, replace
@@ -48,9 +49,10 @@ from ..engine import (
     restore_checkpoint,
     save_checkpoint,
 )
+from ..plotting import pyplot
 
-__all__ = ["PIPELINES", "PipelineError", "Reporter", "Run", "StageEvent", "load_policy_arg", "make_config", "pipeline",
-           "prepare_data"]
+__all__ = ["PIPELINES", "PipelineError", "Reporter", "Run", "StageEvent", "check_name", "load_policy_arg",
+           "make_config", "pipeline", "prepare_data"]
 
 METRIC_FIELDS = ("stage", *(f.name for f in fields(EpochMetrics)))
 
@@ -74,6 +76,17 @@ class StageEvent:
 
 
 Reporter = Callable[[StageEvent], None]
+
+NAME_PATTERN = r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}"  # one folder or file name: no separators, no "." or ".."
+
+
+def check_name(name: Any, what: str = "run name") -> str:
+    """``name`` if it is safe as one path component (letters, digits, ``_ . -``, not starting with ``.`` or
+    ``-``, at most 100 characters), else a one-line :class:`PipelineError`: names never leave their folder."""
+    if not isinstance(name, str) or not re.fullmatch(NAME_PATTERN, name):
+        raise PipelineError(f"{what} must be letters, digits, '_', '.', '-' (one folder name, not starting "
+                            f"with '.' or '-'), got {name!r}")
+    return name
 
 
 def load_policy_arg(spec: str | os.PathLike | Policy | None) -> Policy | None:
@@ -135,7 +148,7 @@ class Run:
         A new run refuses an existing non-empty folder; a resumed one must exist and hold the same config
         (keys that only steer the run's machinery, like ``device``, may differ).
         """
-        folder = (Path(output) / name).resolve()
+        folder = (Path(output) / check_name(name)).resolve()
         config = _jsonable(dict(config))
         config_path = folder / "config.json"
         if resume:
@@ -172,7 +185,7 @@ class Run:
 
     def save_arrays(self, name: str, **arrays: torch.Tensor | np.ndarray) -> Path:
         """Store plain arrays as ``arrays/<name>.npz`` (atomic, no pickle)."""
-        path = self.folder / "arrays" / f"{name}.npz"
+        path = self.folder / "arrays" / f"{check_name(name, 'array name')}.npz"
         tmp = path.with_name(path.name + ".tmp.npz")
         np.savez(tmp, **{k: (v.detach().cpu().numpy() if torch.is_tensor(v) else np.asarray(v))
                          for k, v in arrays.items()})
@@ -181,7 +194,7 @@ class Run:
 
     def load_arrays(self, name: str) -> dict[str, torch.Tensor] | None:
         """Arrays saved by :meth:`save_arrays` as CPU tensors, or None if absent."""
-        path = self.folder / "arrays" / f"{name}.npz"
+        path = self.folder / "arrays" / f"{check_name(name, 'array name')}.npz"
         if not path.is_file():
             return None
         with np.load(path, allow_pickle=False) as z:
@@ -191,7 +204,7 @@ class Run:
 
     def checkpoint_path(self, stage: str) -> Path:
         """Where ``stage``'s checkpoint lives."""
-        return self.folder / "checkpoints" / f"{stage}.pt"
+        return self.folder / "checkpoints" / f"{check_name(stage, 'stage name')}.pt"
 
     def stage(self, stage: str, model: nn.Module, train_x: torch.Tensor, train_y: torch.Tensor, *,
               config: TrainConfig, device: torch.device, val_x: torch.Tensor | None = None,
@@ -270,10 +283,7 @@ class Run:
 
     def plot_curves(self) -> Path:
         """``curves.png``: training loss and validation accuracy per epoch, one line per stage."""
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        plt = pyplot()
 
         df = self.metrics()
         fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
