@@ -12,7 +12,7 @@ op copies in random order and apply each with its probability until ``count`` ha
 number applied is ``min(count, F)`` with ``F`` the number of copies whose coin comes up, and an applied op
 is (roughly) chosen in proportion to its probability.
 
-Mapping to ``augpolicy/1.0`` (:func:`policy_from_params`): a ``rand_augment`` policy with ``num_ops = 2``;
+Mapping to ``augpolicy/1.0`` (:func:`pba_policy`): a ``rand_augment`` policy with ``num_ops = 2``;
 every copy with probability ``p > 0`` is an op with selection ``weight = p`` (``prob`` 1, fixed magnitude,
 the op's random sign), plus ``identity`` weighted so that a stage applies an op with probability
 ``E[min(count, F)] / 2``. The mean number of ops per image is PBA's exactly and applied ops are chosen in
@@ -30,7 +30,7 @@ from .ops import OPS
 from .policy import OpConfig, Policy, PolicyError
 
 __all__ = ["PBA_OPS", "PROB_BINS", "MAG_BINS", "COUNT_PROBS", "param_names", "zero_params", "random_params",
-           "explore", "expected_ops", "policy_from_params", "op_curves", "check_pba_ops"]
+           "explore", "expected_ops", "pba_policy", "op_curves", "check_pba_ops"]
 
 #: PBA's 15 ops (``augmentation_transforms_hp.py`` order) as registry names.
 PBA_OPS = ("rotate", "translate_x", "translate_y", "brightness", "color", "invert", "sharpness", "posterize",
@@ -104,7 +104,7 @@ def expected_ops(probs: Sequence[float], count_probs: Sequence[float] = COUNT_PR
     return sum(c_p * sum(min(c, f) * mass for f, mass in enumerate(dist)) for c, c_p in enumerate(count_probs))
 
 
-def policy_from_params(params: Mapping[str, int], ops: Sequence[str] = PBA_OPS, copies: int = 2,
+def pba_policy(params: Mapping[str, int], ops: Sequence[str] = PBA_OPS, copies: int = 2,
                        name: str = "pba") -> Policy:
     """The ``rand_augment`` policy standing for one PBA point (see the module docstring for the mapping)."""
     instances: list[OpConfig] = []

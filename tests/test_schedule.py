@@ -30,7 +30,7 @@ from search_spaces.pba import (
     expected_ops,
     explore,
     param_names,
-    policy_from_params,
+    pba_policy,
     random_params,
     zero_params,
 )
@@ -170,14 +170,14 @@ def test_pba_space_mapping_keeps_pba_mean_op_count():
     rng = random.Random(0)
     params = random_params(rng)
     assert len(params) == 60 and list(params) == param_names(PBA_OPS, 2)
-    policy = policy_from_params(params)
+    policy = pba_policy(params)
     probs = [params[f"p_{o}_{k}"] / 10 for o in PBA_OPS for k in range(2) if params[f"p_{o}_{k}"]]
     plan = Augmenter(policy).sample(20000, torch.Generator().manual_seed(0))
     assert (plan.ops >= 0).sum(0).float().mean().item() == pytest.approx(expected_ops(probs), abs=0.03)
     assert expected_ops([1.0] * 30) == pytest.approx(0.3 + 2 * 0.5)  # count 0/1/2 w.p. 0.2/0.3/0.5
     assert dumps(loads(dumps(policy))) == dumps(policy) and policy.provenance["pba_params"] == params
-    assert policy_from_params(zero_params()).all_ops() == (policy.ops[0].__class__("identity"),)
+    assert pba_policy(zero_params()).all_ops() == (policy.ops[0].__class__("identity"),)
     moved = explore(params, rng)
     assert moved != params and all(0 <= moved[k] <= (10 if k.startswith("p_") else 9) for k in moved)
     with pytest.raises(PolicyError, match=r"^params\.m_rotate_0: missing"):
-        policy_from_params({"p_rotate_0": 1})
+        pba_policy({"p_rotate_0": 1})

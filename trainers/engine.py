@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import numpy as np
 import torch
@@ -164,6 +164,29 @@ def default_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, label_smoot
     for a in aux_logits(out):
         loss = loss + AUX_WEIGHT * F.cross_entropy(a.float(), y, label_smoothing=label_smoothing)
     return loss, logits
+
+
+def step_generator() -> torch.Generator:
+    """A CPU generator seeded from the global torch RNG, which ``fit`` reseeds every epoch from (seed, epoch):
+    draws made with it (batch-op mixing) replay exactly when a run resumes mid-schedule."""
+    return torch.Generator().manual_seed(int(torch.randint(0, 2**62, (1,))))
+
+
+class Mixer(Protocol):
+    def mix(self, x: torch.Tensor, y: torch.Tensor, num_classes: int, generator: torch.Generator
+            ) -> tuple[torch.Tensor, torch.Tensor]: ...
+
+
+def mixing_loss(mixer: Mixer, num_classes: int, label_smoothing: float) -> LossFn:
+    """The one mixing loss: a ``fit`` loss_fn applying the policy's batch ops (cutmix/mixup) through
+    ``mixer.mix`` (an ``Augmenter`` or a schedule's ``ScheduledAugmenter``) to the normalised batch and its
+    labels, then :func:`default_loss`; resume-exact through :func:`step_generator`."""
+
+    def loss_fn(model: nn.Module, x: torch.Tensor, y: torch.Tensor, idx: torch.Tensor) -> LossOut:
+        x, soft = mixer.mix(x, y, num_classes, step_generator())
+        return default_loss(model, x, soft, label_smoothing)
+
+    return loss_fn
 
 
 def _epoch_seeds(seed: int, epoch: int) -> list[int]:

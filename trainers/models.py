@@ -13,7 +13,8 @@ copies of a model.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -26,7 +27,7 @@ from .efficientnet_lite import EfficientNetLite0
 
 __all__ = [
     "MODEL_NAMES", "DropoutLinear", "ProxyCNN", "aux_logits", "build_model", "head", "layer_groups",
-    "main_logits", "param_groups", "replace_head",
+    "main_logits", "param_groups", "replace_head", "build_seeded",
 ]
 
 
@@ -295,3 +296,12 @@ def replace_head(model: nn.Module, num_classes: int) -> nn.Module:
     for aux in (x for x in model.modules() if isinstance(x, InceptionAux)):
         aux.fc2 = _new_like(aux.fc2, num_classes)
     return model
+
+
+def build_seeded(name: str, num_classes: int, in_channels: int, kwargs: Mapping[str, Any], seed: int, *,
+                 dropout: float = 0.0, stochastic_depth: float = 0.0) -> nn.Module:
+    """``build_model`` initialised from ``seed`` without touching the global RNG (resume-safe)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return build_model(name, num_classes, in_channels, dropout=dropout, stochastic_depth=stochastic_depth,
+                           **kwargs)

@@ -24,24 +24,21 @@ from torch import nn
 
 from search_spaces import Augmenter, BatchOp, Policy, preset
 
-from ..engine import AUX_WEIGHT, TrainConfig, channel_stats, evaluate, select_device
-from ..models import MODEL_NAMES, aux_logits, main_logits
+from ..engine import AUX_WEIGHT, TrainConfig, channel_stats, evaluate, mixing_loss, select_device, step_generator
+from ..models import MODEL_NAMES, aux_logits, build_seeded, main_logits
 from ..proxy import build_augment
 from .common import PipelineError, Reporter, Run, check_policy, load_policy_arg, prepare_data, stage_summary
 from .teacher import (
     ConfigDict,
     ModelSpec,
-    build_seeded,
     check_model,
     count_params,
     is_int,
     load_model,
-    mixing_ce_loss,
     renorm,
     require,
     run_name,
     save_model,
-    step_generator,
 )
 
 __all__ = ["DistillConfig", "DistillLoss", "kd_loss", "run_distill"]
@@ -209,7 +206,8 @@ def run_distill(config: DistillConfig, *, output: str = "results", name: str | N
 
     if teacher is None:
         teacher = build_seeded(config.teacher_model, num_classes, channels, config.teacher_kwargs, config.seed)
-        loss_fn = mixing_ce_loss(policy, num_classes, config.label_smoothing) if policy and policy.batch_ops else None
+        mixes = policy is not None and bool(policy.batch_ops)
+        loss_fn = mixing_loss(Augmenter(policy), num_classes, config.label_smoothing) if mixes else None
         res = run.stage("teacher", teacher, data.images[train], data.labels[train], device=dev,
                         config=config.train_config(config.teacher_epochs), val_x=val_xy[0], val_y=val_xy[1],
                         augment=augment, loss_fn=loss_fn)

@@ -18,17 +18,17 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..engine import TrainConfig, channel_stats, evaluate, predict_logits, select_device
-from ..models import MODEL_NAMES
+from search_spaces import Augmenter
+
+from ..engine import TrainConfig, channel_stats, evaluate, mixing_loss, predict_logits, select_device
+from ..models import MODEL_NAMES, build_seeded
 from ..proxy import build_augment
 from .common import PipelineError, Reporter, Run, check_policy, load_policy_arg, prepare_data
 from .teacher import (
     ConfigDict,
     ModelSpec,
-    build_seeded,
     check_model,
     is_int,
-    mixing_ce_loss,
     require,
     run_name,
     save_model,
@@ -209,7 +209,7 @@ def run_self_train(config: SelfTrainConfig, *, output: str = "results", name: st
                          dropout=config.dropout)
     res = run.stage("teacher", model, train_x, train_y, device=dev, val_x=val_x, val_y=val_y, augment=augment,
                     config=config.train_config(config.teacher_epochs, config.label_smoothing),
-                    loss_fn=mixing_ce_loss(policy, k, config.label_smoothing) if batch_ops else None)
+                    loss_fn=mixing_loss(Augmenter(policy), k, config.label_smoothing) if batch_ops else None)
     mean, std = res.mean, res.std
     teacher_acc, _ = evaluate(model, test_x, test_y, device=dev, mean=mean, std=std)
     iterations: list[dict[str, Any]] = []
@@ -232,7 +232,7 @@ def run_self_train(config: SelfTrainConfig, *, output: str = "results", name: st
                                dropout=config.dropout, stochastic_depth=config.stochastic_depth)
         tc = replace(config.train_config(config.epochs, 0.0), mean=s_mean, std=s_std)  # smoothing is in y
         res = run.stage(f"student-{i}", student, x, y, config=tc, device=dev, val_x=val_x, val_y=val_y,
-                        augment=augment, loss_fn=mixing_ce_loss(policy, k, 0.0) if batch_ops else None)
+                        augment=augment, loss_fn=mixing_loss(Augmenter(policy), k, 0.0) if batch_ops else None)
         student_acc, _ = evaluate(student, test_x, test_y, device=dev, mean=s_mean, std=s_std)
         iterations.append({"iteration": i, "teacher_test_acc": teacher_acc, "student_test_acc": student_acc,
                            "student_val_acc": res.final_val_acc, "student_epochs": len(res.history),

@@ -24,9 +24,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from search_spaces import Augmenter, Policy
-
-from ..engine import default_loss, load_checkpoint, save_checkpoint
+from ..engine import load_checkpoint, save_checkpoint
 from ..models import build_model
 from .common import PipelineError
 
@@ -34,8 +32,8 @@ MODEL_FORMAT = "policy-search-model/1"
 _REQUIRED = ("model", "model_kwargs", "num_classes", "mean", "std")
 
 __all__ = ["MODEL_FORMAT", "ConfigDict", "ModelSpec",
-           "build_seeded", "check_model", "count_params", "from_dict", "load_model",
-           "mixing_ce_loss", "renorm", "require", "run_name", "save_model", "step_generator"]
+           "check_model", "count_params", "from_dict", "load_model",
+           "renorm", "require", "run_name", "save_model"]
 
 
 @dataclass
@@ -56,15 +54,6 @@ class ModelSpec:
                 "num_classes": int(self.num_classes), "in_channels": int(self.in_channels),
                 "mean": [float(v) for v in self.mean], "std": [float(v) for v in self.std],
                 "classes": list(self.classes)}
-
-
-def build_seeded(name: str, num_classes: int, in_channels: int, kwargs: Mapping[str, Any], seed: int, *,
-                 dropout: float = 0.0, stochastic_depth: float = 0.0) -> nn.Module:
-    """``build_model`` initialised from ``seed`` without touching the global RNG (resume-safe)."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        return build_model(name, num_classes, in_channels, dropout=dropout, stochastic_depth=stochastic_depth,
-                           **kwargs)
 
 
 def count_params(model: nn.Module) -> int:
@@ -119,24 +108,6 @@ def load_model(path: str | os.PathLike, device: torch.device | str = "cpu") -> t
         raise PipelineError(f"teacher: weights in {path} do not fit {spec.model}({spec.model_kwargs}): "
                             f"{exc}") from None
     return model.to(device).eval(), spec
-
-
-def step_generator() -> torch.Generator:
-    """A CPU generator seeded from the global torch RNG, which the engine reseeds every epoch from
-    (seed, epoch): batch-op draws made with it replay exactly when a stage resumes mid-run."""
-    return torch.Generator().manual_seed(int(torch.randint(0, 2**62, (1,))))
-
-
-def mixing_ce_loss(policy: Policy, num_classes: int, label_smoothing: float):
-    """A ``fit`` loss_fn: the policy's batch ops (cutmix/mixup) on the batch and its (soft) labels, then
-    cross-entropy (plus GoogLeNet's auxiliary heads); resume-exact through :func:`step_generator`."""
-    mixer = Augmenter(policy)
-
-    def loss_fn(model: nn.Module, x: torch.Tensor, y: torch.Tensor, idx: torch.Tensor):
-        x, soft = mixer.mix(x, y, num_classes, step_generator())
-        return default_loss(model, x, soft, label_smoothing)
-
-    return loss_fn
 
 
 def renorm(src_mean: Sequence[float], src_std: Sequence[float], dst_mean: Sequence[float],

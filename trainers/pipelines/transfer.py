@@ -31,7 +31,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from search_spaces import Policy
+from search_spaces import Augmenter, Policy
 
 from ..data import ImageData, load_dataset
 from ..engine import (
@@ -40,20 +40,19 @@ from ..engine import (
     default_loss,
     evaluate,
     make_optimizer,
+    mixing_loss,
     num_threads,
     predict_logits,
     select_device,
 )
-from ..models import MODEL_NAMES, head, param_groups
+from ..models import MODEL_NAMES, build_seeded, head, param_groups
 from ..proxy import build_augment
 from .common import PipelineError, Reporter, Run, check_policy, load_policy_arg, prepare_data, stage_summary
 from .teacher import (
     ConfigDict,
     ModelSpec,
-    build_seeded,
     count_params,
     is_int,
-    mixing_ce_loss,
     require,
     run_name,
     save_model,
@@ -295,7 +294,8 @@ def _run(config: TransferConfig, output: str, name: str | None, resume: bool, de
         xy.update(val_x=data.images[idx["val"]], val_y=data.labels[idx["val"]])
     mean, std = (source.mean, source.std) if source.mean else channel_stats(xy["train_x"])
     augment = build_augment(policy, config.base_augment)
-    loss_fn = mixing_ce_loss(policy, num_classes, config.label_smoothing) if policy and policy.batch_ops else None
+    mixes = policy is not None and bool(policy.batch_ops)
+    loss_fn = mixing_loss(Augmenter(policy), num_classes, config.label_smoothing) if mixes else None
     stages: dict[str, dict[str, Any]] = {}
     params = {"total": count_params(model), "probe": count_params(head(model))}
 
