@@ -1,6 +1,6 @@
 """Campaign overhead: trials per minute through the real Tuner/OptunaSearch/ASHA/SQLite setup, no-op trainable.
 
-Everything but the training is the production path (``policy_search.campaign._tuner``): the study in SQLite,
+Everything but the training is the production path (``policy_search.campaign.make_tuner``): the study in SQLite,
 OptunaSearch + TPE, ASHA, Tune's experiment snapshots, one Ray worker process per trial.
 
 Usage (from the project root): ``python benchmarks/campaign_overhead.py [--trials 40] [--concurrent 2]``
@@ -16,13 +16,14 @@ import time
 import ray
 from ray import tune
 
-from policy_search.campaign import _tuner, ray_session
+from policy_search.campaign import make_tuner, ray_session
 from policy_search.config import load_config
 
 
 def noop(config: dict) -> None:
     """Report once, immediately (what is left is the campaign machinery)."""
-    tune.report({"val_acc": float(config["magnitude"]) / 30.0, "node_id": ray.get_runtime_context().get_node_id()})
+    tune.report({"val_acc": float(config["magnitude"]) / 30.0, "epoch": 1,
+                 "node_id": ray.get_runtime_context().get_node_id()})
 
 
 def main() -> None:
@@ -32,12 +33,13 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as out:
         cfg = load_config(overrides={"name": "overhead", "output": out, "num_trials": args.trials,
-                                     "max_concurrent": args.concurrent, "proxy.epochs": 1})
+                                     "max_concurrent": args.concurrent, "proxy.epochs": 1, "objective": "proxy",
+                                     "space": "randaugment"})
         cfg.folder.mkdir(parents=True)
         t0 = time.monotonic()
         with ray_session(cfg):
             t1 = time.monotonic()
-            grid = _tuner(cfg, tune.with_resources(noop, {"cpu": cfg.resources.cpu})).fit()
+            grid = make_tuner(cfg, tune.with_resources(noop, {"cpu": cfg.resources.cpu})).fit()
             t2 = time.monotonic()
     fit_s = t2 - t1
     print(json.dumps({"trials": len(grid), "errors": grid.num_errors, "concurrent": args.concurrent,

@@ -133,7 +133,8 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
         cfg = load_config(overrides={
-            "name": "scale", "output": tmp, "objective": "density", "space": "autoaugment", "sampler": "tpe",
+            "name": "scale", "output": tmp, "objective": "density", "race.enabled": False,
+            "space": "autoaugment", "sampler": "tpe",
             "num_trials": args.trials, "max_concurrent": args.concurrent, "num_cpus": os.cpu_count(),
             "train_size": args.train_size, "val_size": 100, "proxy.width": 8, "proxy.epochs": 2})
         t0 = time.monotonic()

@@ -100,7 +100,7 @@ def make_data(args: argparse.Namespace) -> tuple[Path, ProxyData]:
 
 def campaign_configs(args: argparse.Namespace, npz: Path) -> dict[str, dict]:
     common = {"dataset": str(npz.resolve()), "output": str((args.out / "campaigns").resolve()), "seed": 0,
-              "space": "autoaugment", "sampler": "tpe", "baselines": [],
+              "space": "autoaugment", "sampler": "tpe", "baselines": [], "race.enabled": False,
               "train_size": args.labelled * 3 // 4, "val_size": args.labelled - args.labelled * 3 // 4,
               "max_concurrent": 2, "proxy.width": 16, "proxy.epochs": args.proxy_epochs}
     out = {

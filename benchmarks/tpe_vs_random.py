@@ -50,7 +50,8 @@ def main() -> None:
             for sampler in ("tpe", "random"):
                 t0, start = time.monotonic(), dt.datetime.now()
                 cfg = load_config(overrides={
-                    "name": f"{sampler}-{seed}", "output": tmp, "objective": "density", "space": args.space,
+                    "name": f"{sampler}-{seed}", "output": tmp, "objective": "density", "race.enabled": False,
+                    "space": args.space,
                     "sampler": sampler, "num_trials": args.trials, "seed": seed, "baselines": [],
                     "train_size": args.train_size, "val_size": 100, "proxy.epochs": 4, "proxy.width": 16})
                 run_campaign(cfg)

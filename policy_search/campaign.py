@@ -13,76 +13,53 @@ as FAIL and shows up in ``trials.csv`` with its error; the campaign still runs `
 
 from __future__ import annotations
 
-import logging
 import os
 import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import partial
-from pathlib import Path
 from typing import Any
 
-for _key, _value in {
-    "RAY_USAGE_STATS_ENABLED": "0",
-    "RAY_AUTH_MODE": "disabled",
-    "RAY_AIR_NEW_OUTPUT": "0",
-    "RAY_CHDIR_TO_TRIAL_DIR": "0",
-    "TUNE_DISABLE_DATED_SUBDIR": "1",
-    "TUNE_GLOBAL_CHECKPOINT_S": "5",  # experiment snapshots (what resume sees) at most 5 s old
-}.items():
-    os.environ.setdefault(_key, _value)
-
-import optuna  # noqa: E402
+import optuna  # noqa: E402,I001  (after .session: it sets the Ray environment first)
 import ray  # noqa: E402
-import yaml  # noqa: E402
 from optuna.trial import TrialState  # noqa: E402
 from ray import tune  # noqa: E402
-from ray.tune.schedulers import ASHAScheduler  # noqa: E402
 from ray.tune.search import Searcher  # noqa: E402
 from ray.tune.search.optuna import OptunaSearch  # noqa: E402
 
+from search_spaces import Policy, Schedule  # noqa: E402
 from search_spaces.spaces import SPACES_BY_NAME, baseline_params, grid_space, policy_from_params  # noqa: E402
-from trainers.data import load_dataset, make_splits  # noqa: E402
-from trainers.proxy import DensityMatcher, ProxyConfig, ProxyData, train_proxy  # noqa: E402
+from trainers.proxy import ProxyData  # noqa: E402
 
-from .config import PASSWORD_ENV, CampaignConfig, validate_config  # noqa: E402
+from .config import CampaignConfig, validate_config  # noqa: E402
+from .objectives import Objective, make_objective  # noqa: E402
+from .pbt import fit_pbt  # noqa: E402
+from .race import RaceResult, race_entries, run_race  # noqa: E402
+from .results import ranked_trials, trial_policy, trials_table, write_results  # noqa: E402
+from .session import (
+    RAY_ENV,
+    STALE_ATTR,
+    STUDY_ATTR,
+    TUNE_NAME,
+    CampaignError,
+    CampaignResult,
+    Progress,
+    load_campaign_config,
+    load_study,
+    prepare_data,
+    ray_session,
+    save_config,
+    study_storage,
+    trial_dirname,
+    tune_dir,
+)
 
 __all__ = ["CampaignResult", "CampaignError", "Progress", "TrialJob", "CampaignSearch", "run_campaign",
            "resume_campaign", "run_trial", "load_study", "load_campaign_config", "fail_stale_trials",
-           "prepare_data", "ray_session", "tune_dir", "STUDY_ATTR", "STALE_ATTR"]
-
-STUDY_ATTR = "tune_trial_id"  # Optuna user attr joining a study trial to its Tune trial
-STALE_ATTR = "stale"  # Optuna user attr of a trial left RUNNING by a killed driver (FAILed on resume)
-TUNE_NAME = "tune"
-
-
-class CampaignError(RuntimeError):
-    """A campaign cannot start or resume (missing folder, already exists, ...); one line."""
-
-
-@dataclass
-class Progress:
-    """A snapshot for progress views: finished trials, requested trials, best value so far."""
-
-    done: int
-    total: int
-    running: int
-    best: float | None
-    elapsed_s: float
-
-
-@dataclass
-class CampaignResult:
-    """What a finished campaign produced (the files are in ``folder``)."""
-
-    folder: Path
-    best_score: float | None
-    best_params: dict[str, Any] | None
-    counts: dict[str, int]
-    wall_s: float
-    files: dict[str, Path] = field(default_factory=dict)
+           "prepare_data", "ray_session", "tune_dir", "make_tuner", "make_trainable", "STUDY_ATTR", "STALE_ATTR",
+           "RAY_ENV", "TUNE_NAME"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -91,33 +68,20 @@ class CampaignResult:
 
 @dataclass(frozen=True)
 class TrialJob:
-    """The constant part of every trial: how to turn params into a policy and what to run."""
+    """The constant part of every trial: how to turn params into a policy and how to score it."""
 
     space: str
     space_options: dict[str, Any]
-    objective: str
-    proxy: dict[str, Any]
-    seed: int
+    objective: Objective
 
 
-def run_trial(config: dict[str, Any], *, job: TrialJob, payload: ProxyData | DensityMatcher) -> None:
-    """Ray Tune function trainable: rebuild the policy, then train the proxy or score it by density matching.
-
-    Reports ``val_acc`` every epoch (proxy) or once (density). Exceptions propagate: Tune marks the trial
-    ERROR and the searcher tells Optuna FAIL.
-    """
+def run_trial(config: dict[str, Any], *, job: TrialJob, payload: Any) -> None:
+    """Ray Tune function trainable: rebuild the policy from the trial's params, then let the objective score it
+    (``payload`` is the objective's shared state). Exceptions propagate: Tune marks the trial ERROR and the
+    searcher tells Optuna FAIL."""
     policy = policy_from_params(job.space, config, **job.space_options)
     node_id = ray.get_runtime_context().get_node_id()
-    if job.objective == "density":
-        tune.report({"val_acc": payload.score(policy, seed=job.seed), "epoch": 1, "node_id": node_id})
-        return
-    proxy = ProxyConfig.from_dict(job.proxy)
-
-    def on_epoch(m) -> None:
-        tune.report({"val_acc": m.val_acc, "val_loss": m.val_loss, "train_loss": m.train_loss,
-                     "train_acc": m.train_acc, "epoch": m.epoch, "images_per_s": m.images_per_s, "node_id": node_id})
-
-    train_proxy(policy, payload, proxy, on_epoch=on_epoch)
+    job.objective.run(policy, payload, lambda metrics: tune.report({**metrics, "node_id": node_id}))
 
 
 class CampaignSearch(OptunaSearch):
@@ -171,7 +135,7 @@ class CampaignSearch(OptunaSearch):
             state = None
             if error:
                 state = TrialState.FAIL
-            elif self._max_t and result and result.get("training_iteration", self._max_t) < self._max_t:
+            elif self._max_t and result and result.get("epoch", self._max_t) < self._max_t:
                 state = TrialState.PRUNED
             if state is not None:
                 try:
@@ -191,7 +155,7 @@ class CampaignSearch(OptunaSearch):
             self._completed_trials.add(trial_id)
             return
         value = None if (error or not result) else result.get(self.metric)
-        pruned = bool(self._max_t and result and result.get("training_iteration", self._max_t) < self._max_t)
+        pruned = bool(self._max_t and result and result.get("epoch", self._max_t) < self._max_t)
         state = TrialState.FAIL if value is None else (TrialState.PRUNED if pruned else TrialState.COMPLETE)
         self._ot_study.add_trial(optuna.trial.create_trial(
             params=frozen.params, distributions=frozen.distributions, state=state,
@@ -205,42 +169,6 @@ class CampaignSearch(OptunaSearch):
 # Driver
 
 
-def tune_dir(folder: Path) -> Path:
-    """Tune's experiment folder inside a campaign folder."""
-    return Path(folder) / TUNE_NAME
-
-
-class SecretStorage(optuna.storages.RDBStorage):
-    """RDBStorage that pickles its URL without the password (Tune pickles the searcher into ``tune/``);
-    unpickling (resume) fills it in again from ``$POLICY_SEARCH_DB_PASSWORD``."""
-
-    def __getstate__(self) -> dict[Any, Any]:
-        from sqlalchemy.engine import make_url
-
-        state = super().__getstate__()
-        state["url"] = make_url(self.url)._replace(password=None).render_as_string(hide_password=False)
-        return state
-
-    def __setstate__(self, state: dict[Any, Any]) -> None:
-        from sqlalchemy.engine import make_url
-
-        url = make_url(state["url"])
-        if url.password is None and os.environ.get(PASSWORD_ENV):
-            state = {**state, "url": url.set(password=os.environ[PASSWORD_ENV]).render_as_string(hide_password=False)}
-        super().__setstate__(state)
-
-
-def _storage(config: CampaignConfig) -> optuna.storages.RDBStorage:
-    url = config.storage_url()
-    kwargs = {"connect_args": {"timeout": 30}} if url.startswith("sqlite") else None
-    return SecretStorage(url, engine_kwargs=kwargs)
-
-
-def load_study(config: CampaignConfig) -> optuna.Study:
-    """The campaign's Optuna study (read it while or after the campaign runs)."""
-    return optuna.load_study(study_name=config.name, storage=_storage(config))
-
-
 def _sampler(config: CampaignConfig) -> optuna.samplers.BaseSampler:
     if config.sampler == "random":
         return optuna.samplers.RandomSampler(seed=config.seed)
@@ -249,70 +177,35 @@ def _sampler(config: CampaignConfig) -> optuna.samplers.BaseSampler:
     return optuna.samplers.TPESampler(seed=config.seed, n_startup_trials=min(10, max(2, config.num_trials // 3)))
 
 
-def _proxy_config(config: CampaignConfig) -> ProxyConfig:
-    return ProxyConfig.from_dict({**config.proxy.model_dump(), "seed": config.seed,
-                                  "num_threads": max(1, int(config.resources.cpu))})
-
-
-def prepare_data(config: CampaignConfig) -> tuple[Any, Any, ProxyData]:
-    """Load the dataset and make the seeded splits (saved as ``splits.json``)."""
-    data = load_dataset(config.dataset)
-    splits = make_splits(data.labels, train_size=config.train_size, val_size=config.val_size, seed=config.seed)
-    splits.save(config.folder / "splits.json")
-    return data, splits, ProxyData.from_dataset(data, splits)
-
-
-def _trainable(config: CampaignConfig, proxy_data: ProxyData):
-    payload: ProxyData | DensityMatcher = proxy_data
-    if config.objective == "density":  # fold models once, in the driver
-        payload = DensityMatcher.fit(proxy_data, _proxy_config(config), k=config.density_k)
-    job = TrialJob(config.space, dict(config.space_options), config.objective,
-                   _proxy_config(config).to_dict(), config.seed)
+def make_trainable(config: CampaignConfig, proxy_data: ProxyData, objective: Objective | None = None) -> Any:
+    """The search trainable with the objective's shared state prepared once, in the driver, and its resources."""
+    objective = objective or make_objective(config)
+    job = TrialJob(config.space, dict(config.space_options), objective)
     resources = {"cpu": config.resources.cpu, "gpu": config.resources.gpu}
-    return tune.with_resources(tune.with_parameters(run_trial, job=job, payload=payload), resources)
+    return tune.with_resources(tune.with_parameters(run_trial, job=job, payload=objective.prepare(proxy_data)),
+                               resources)
 
 
-def trial_dirname(trial: Any) -> str:
-    """Trial folders are named by the Tune trial id (the key ``trials.csv`` joins on)."""
-    return trial.trial_id
-
-
-def _tuner(config: CampaignConfig, trainable: Any) -> tune.Tuner:
+def make_tuner(config: CampaignConfig, trainable: Any, objective: Objective | None = None) -> tune.Tuner:
+    """The search experiment: OptunaSearch (TPE, random or grid) over the config's space, the objective's
+    scheduler, ``num_trials`` trials."""
+    objective = objective or make_objective(config)
     opts = dict(config.space_options)
-    max_t = config.proxy.epochs if config.objective == "proxy" else None
     searcher = CampaignSearch(
         space=partial(SPACES_BY_NAME[config.space], **opts), metric="val_acc", mode="max",
-        sampler=_sampler(config), storage=_storage(config), study_name=config.name, max_t=max_t,
+        sampler=_sampler(config), storage=study_storage(config), study_name=config.name, max_t=objective.max_t,
         num_trials=config.num_trials,
         points_to_evaluate=[baseline_params(config.space, b, **opts) for b in config.resolved_baselines()] or None,
     )
-    scheduler = (ASHAScheduler(time_attr="training_iteration", max_t=max_t, grace_period=1, reduction_factor=2)
-                 if max_t else None)
     return tune.Tuner(
         trainable,
-        tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler, metric="val_acc", mode="max",
-                                    num_samples=config.num_trials, max_concurrent_trials=config.max_concurrent,
+        tune_config=tune.TuneConfig(search_alg=searcher, scheduler=objective.scheduler(), metric="val_acc",
+                                    mode="max", num_samples=config.num_trials,
+                                    max_concurrent_trials=config.max_concurrent,
                                     trial_dirname_creator=trial_dirname, reuse_actors=config.reuse_actors),
         run_config=tune.RunConfig(name=TUNE_NAME, storage_path=str(config.folder),
                                   failure_config=tune.FailureConfig(max_failures=0), verbose=0),
     )
-
-
-@contextmanager
-def ray_session(config: CampaignConfig) -> Iterator[None]:
-    """Join ``config.ray_address`` or start a local Ray; shut down only what this call started."""
-    if ray.is_initialized():
-        yield
-        return
-    if config.ray_address:
-        ray.init(address=config.ray_address, log_to_driver=False)
-    else:
-        ray.init(address="local", num_cpus=config.num_cpus or os.cpu_count(), include_dashboard=False,
-                 log_to_driver=False, logging_level=logging.WARNING)
-    try:
-        yield
-    finally:
-        ray.shutdown()
 
 
 @contextmanager
@@ -322,7 +215,7 @@ def _watch(config: CampaignConfig, on_progress: Callable[[Progress], None] | Non
         yield
         return
     stop = threading.Event()
-    storage = _storage(config)
+    storage = study_storage(config)
 
     def snapshot() -> None:
         try:
@@ -348,43 +241,54 @@ def _watch(config: CampaignConfig, on_progress: Callable[[Progress], None] | Non
         snapshot()
 
 
-def _save_config(config: CampaignConfig) -> None:
-    (config.folder / "config.yaml").write_text(yaml.safe_dump(config.public_dict(), sort_keys=False))
+def _confirm(config: CampaignConfig, grid: Any, proxy_data: ProxyData,
+             on_progress: Callable[[Progress], None] | None, t0: float) -> tuple[Any, RaceResult | None]:
+    """The search's trials table, then (``race.enabled``) the confirmation race of its top policies against
+    the baselines at full target fidelity."""
+    try:
+        study = load_study(config)
+    except KeyError:
+        study = None
+    df = trials_table(config, grid, study)
+    if not config.race.enabled:
+        return df, None
+    searched: list[tuple[str, Policy | Schedule]] = []
+    for rank, (_, row) in enumerate(ranked_trials(df).head(config.race.top_k).iterrows(), start=1):
+        searched.append((f"rank{rank}", trial_policy(config, row, rank)))
+    race = run_race(config, race_entries(config, searched), proxy_data, on_progress=on_progress, t0=t0)
+    return df, race
+
+
+def _search(config: CampaignConfig, proxy_data: ProxyData, data: Any, t0: float,
+            on_progress: Callable[[Progress], None] | None, restore: bool, resume_errored: bool = False
+            ) -> CampaignResult:
+    with ray_session(config):
+        objective = make_objective(config)
+        trainable = make_trainable(config, proxy_data, objective)
+        if restore:
+            tuner = tune.Tuner.restore(str(tune_dir(config.folder)), trainable=trainable,
+                                       resume_errored=resume_errored)
+        else:
+            tuner = make_tuner(config, trainable, objective)  # creates the study before the watcher reads it
+        with _watch(config, on_progress, t0):
+            grid = tuner.fit()
+        df, race = _confirm(config, grid, proxy_data, on_progress, t0)
+    return write_results(config, df, data, wall_s=time.monotonic() - t0, race=race)
 
 
 def run_campaign(config: CampaignConfig | dict[str, Any],
                  on_progress: Callable[[Progress], None] | None = None) -> CampaignResult:
-    """Run a new campaign to completion and write its results; see the module docstring."""
-    from .results import write_results
-
+    """Run a new campaign to completion (search, then the confirmation race) and write its results."""
     config = validate_config(config)
     if tune.Tuner.can_restore(str(tune_dir(config.folder))):
         raise CampaignError(f"campaign {config.folder} already exists; resume it or pick another name")
     config.folder.mkdir(parents=True, exist_ok=True)
-    _save_config(config)
+    save_config(config)
     t0 = time.monotonic()
     data, splits, proxy_data = prepare_data(config)
     if config.mode == "pbt":
-        from .pbt import fit_pbt
-
-        return fit_pbt(config, proxy_data, data, t0, on_progress)
-    with ray_session(config):
-        tuner = _tuner(config, _trainable(config, proxy_data))  # creates the study before the watcher reads it
-        with _watch(config, on_progress, t0):
-            grid = tuner.fit()
-    return write_results(config, grid, data, wall_s=time.monotonic() - t0)
-
-
-def load_campaign_config(folder: str | os.PathLike) -> CampaignConfig:
-    """The config a campaign folder was started with."""
-    path = Path(folder) / "config.yaml"
-    if not path.is_file():
-        raise CampaignError(f"{folder}: not a campaign folder (no config.yaml)")
-    d = yaml.safe_load(path.read_text())
-    d["output"] = str(Path(folder).resolve().parent)  # the folder may have moved
-    if d.get("name") != Path(folder).resolve().name:
-        raise CampaignError(f"{folder}: folder name differs from the campaign name {d.get('name')!r}")
-    return validate_config(d)
+        return fit_pbt(config, proxy_data, t0, on_progress)
+    return _search(config, proxy_data, data, t0, on_progress, restore=False)
 
 
 def fail_stale_trials(config: CampaignConfig) -> int:
@@ -402,9 +306,8 @@ def fail_stale_trials(config: CampaignConfig) -> int:
 
 def resume_campaign(folder: str | os.PathLike, resume_errored: bool = False, ray_address: str | None = None,
                     on_progress: Callable[[Progress], None] | None = None) -> CampaignResult:
-    """Finish an interrupted campaign: FAIL stale RUNNING study trials, then ``Tuner.restore`` and fit."""
-    from .results import write_results
-
+    """Finish an interrupted campaign: FAIL stale RUNNING study trials, ``Tuner.restore`` and fit, then run
+    (or finish: runs already in ``race_runs.csv`` are kept) the confirmation race."""
     config = load_campaign_config(folder)
     if ray_address:
         config = validate_config({**config.model_dump(), "ray_address": ray_address})
@@ -412,17 +315,10 @@ def resume_campaign(folder: str | os.PathLike, resume_errored: bool = False, ray
     if not tune.Tuner.can_restore(str(exp)):
         raise CampaignError(f"{folder}: nothing to resume (no Tune experiment in {exp})")
     if config.mode == "pbt":  # no study: PBT runs without Optuna
-        from .pbt import fit_pbt
-
         t0 = time.monotonic()
-        data, _, proxy_data = prepare_data(config)
-        return fit_pbt(config, proxy_data, data, t0, on_progress, restore=True, resume_errored=resume_errored)
+        _, _, proxy_data = prepare_data(config)
+        return fit_pbt(config, proxy_data, t0, on_progress, restore=True, resume_errored=resume_errored)
     fail_stale_trials(config)
     t0 = time.monotonic()
     data, _, proxy_data = prepare_data(config)
-    with ray_session(config):
-        tuner = tune.Tuner.restore(str(exp), trainable=_trainable(config, proxy_data), resume_errored=resume_errored)
-        with _watch(config, on_progress, t0):
-            grid = tuner.fit()
-    return write_results(config, grid, data, wall_s=time.monotonic() - t0)
-
+    return _search(config, proxy_data, data, t0, on_progress, restore=True, resume_errored=resume_errored)

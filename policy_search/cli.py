@@ -26,7 +26,8 @@ Debug = Annotated[bool, typer.Option("--debug", help="Show tracebacks for errors
 Output = Annotated[Path, typer.Option("--output", "-o", help="Folder holding campaigns.")]
 
 
-def _expected_errors() -> tuple[type[BaseException], ...]:
+def _own_errors() -> tuple[type[BaseException], ...]:
+    """This project's one-line errors: their message is shown as it is."""
     from search_spaces import PolicyError
     from search_spaces.export import ExportError
     from trainers.data import DataError
@@ -36,19 +37,62 @@ def _expected_errors() -> tuple[type[BaseException], ...]:
     from .campaign import CampaignError
     from .config import ConfigError
 
-    return (ConfigError, PolicyError, DataError, ExportError, CampaignError, PipelineError, TrainingDiverged,
-            FileNotFoundError)
+    return (ConfigError, PolicyError, DataError, ExportError, CampaignError, PipelineError, TrainingDiverged)
+
+
+def _database_errors() -> tuple[type[BaseException], ...]:
+    """SQLAlchemy's errors (storage unreachable, locked, bad URL, ...), if SQLAlchemy was imported at all."""
+    import sys
+
+    exc = sys.modules.get("sqlalchemy.exc")
+    return (exc.SQLAlchemyError,) if exc is not None else ()
+
+
+def _expected_errors() -> tuple[type[BaseException], ...]:
+    """Failures a user can cause or meet (bad input, files, disk, database, memory): one line, exit status 2.
+
+    Our own errors; ``OSError`` (missing or unwritable files, full disk, refused connections); ``ValueError``
+    (bad values, undecodable text); YAML syntax errors; SQLAlchemy errors (``OperationalError``: the
+    storage is unreachable or locked); ``MemoryError`` and torch's ``OutOfMemoryError``.
+    """
+    import sys
+
+    import yaml
+
+    torch = sys.modules.get("torch")
+    oom = (torch.OutOfMemoryError,) if torch is not None and hasattr(torch, "OutOfMemoryError") else ()
+    return (*_own_errors(), OSError, ValueError, yaml.YAMLError, MemoryError, *oom, *_database_errors())
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
+    return lines[0] if lines else ""
+
+
+def _error_line(exc: BaseException) -> str:
+    """The one line shown for an expected error (never a traceback, never several lines)."""
+    text = _first_line(exc)
+    if isinstance(exc, _own_errors()):
+        return text or type(exc).__name__
+    kind = type(exc).__name__
+    if isinstance(exc, MemoryError) or kind == "OutOfMemoryError":
+        detail = f" ({kind}: {text})" if text else f" ({kind})"
+        return (f"out of memory{detail}; use a smaller dataset, image or batch size (train_size, batch_size, "
+                "decode_size) or fewer trials at once")
+    if isinstance(exc, _database_errors()):
+        return f"database: {kind}: {text}" if text else f"database: {kind}"
+    return f"{kind}: {text}" if text else kind
 
 
 def _guard(debug: bool, fn: Callable[[], Any]) -> Any:
-    """Run ``fn``; expected errors become one red line and exit code 2 unless ``debug``."""
+    """Run ``fn``; expected errors (see :func:`_expected_errors`) become one red line and exit code 2 unless
+    ``debug``, which re-raises them with their traceback."""
     try:
         return fn()
     except _expected_errors() as exc:
         if debug:
             raise
-        message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        err_console.print(f"error: {message}", style="red", markup=False, highlight=False, soft_wrap=True)
+        err_console.print(f"error: {_error_line(exc)}", style="red", markup=False, highlight=False, soft_wrap=True)
         raise typer.Exit(2) from None
 
 
@@ -76,6 +120,7 @@ class _ProgressView:
                             TextColumn("best {task.fields[best]}"), TextColumn("running {task.fields[running]}"),
                             TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), console=console)
         self.task = self.bar.add_task("trials", total=total, best="-", running=0)
+        self.race_task: Any = None
 
     def __enter__(self) -> _ProgressView:
         self.bar.start()
@@ -85,14 +130,38 @@ class _ProgressView:
         self.bar.stop()
 
     def __call__(self, p: Any) -> None:
+        if getattr(p, "stage", "search") == "race":  # the confirmation race: runs done of (entries x seeds)
+            if self.race_task is None:
+                self.race_task = self.bar.add_task("race", total=p.total, best="-", running="-")
+            self.bar.update(self.race_task, completed=p.done, total=p.total)
+            return
         self.bar.update(self.task, completed=p.done, total=p.total, running=p.running,
                         best="-" if p.best is None else f"{p.best:.4f}")
+
+
+def _race_table(race: dict[str, Any], title: str) -> None:
+    """The confirmation race (``summary.json``'s ``race``) as a table, then its verdict in plain words."""
+    table = Table(title=title)
+    for col in ("entry", "kind", "runs", "mean val_acc", "vs best baseline (points)", "paired 95% CI"):
+        table.add_column(col, justify="right" if col != "entry" else "left")
+    for r in race["table"]:
+        d, lo, hi = r.get("vs_best_baseline"), r.get("ci_low"), r.get("ci_high")
+        table.add_row(str(r["label"]), str(r["kind"]), str(r["runs"]),
+                      "-" if r.get("mean") is None else f"{r['mean']:.4f}",
+                      "-" if d is None else f"{100 * d:+.2f}",
+                      "-" if lo is None or hi is None else f"[{100 * lo:+.2f}, {100 * hi:+.2f}]")
+    console.print(table)
+    console.print(race["verdict"], markup=False, highlight=False, soft_wrap=True)
 
 
 def _report(result: Any) -> None:
     counts = ", ".join(f"{k.lower()} {v}" for k, v in result.counts.items())
     best = "none (no trial completed)" if result.best_score is None else f"{result.best_score:.4f}"
-    console.print(f"[bold green]done[/] in {result.wall_s:.0f} s: {counts}; best val_acc {best}")
+    console.print(f"[bold green]done[/] in {result.wall_s:.0f} s: {counts}; best search val_acc {best}")
+    if getattr(result, "race", None) is not None:
+        _race_table(result.race.summary(), f"confirmation race (seeds {', '.join(map(str, result.race.seeds))})")
+        note = "the race winner" if result.race.winner is not None else "no winner"
+        console.print(f"best_policy.json is {note}: {result.race.winner.label if result.race.winner else '-'}")
     for key in ("best_policy", "best_schedule", "history_png", "importances_png", "preview_png", "schedule_png",
                 "trials", "population", "summary"):
         if key in result.files:
@@ -104,13 +173,17 @@ def run(
     config: Annotated[Path | None, typer.Option("--config", "-c", help="YAML campaign config.")] = None,
     name: Annotated[str | None, typer.Option(help="Campaign name (folder under --output).")] = None,
     dataset: Annotated[str | None, typer.Option(help="'sample', 'cifar10-jpeg' or a folder/zip/npz.")] = None,
-    space: Annotated[str | None, typer.Option(help="randaugment | autoaugment | custom.")] = None,
-    objective: Annotated[str | None, typer.Option(help="proxy | density.")] = None,
+    space: Annotated[str | None, typer.Option(help="randaugment_plus | randaugment | autoaugment | custom.")] = None,
+    objective: Annotated[str | None, typer.Option(help="finetune | full | proxy | density.")] = None,
     sampler: Annotated[str | None, typer.Option(help="tpe | random | grid.")] = None,
     trials: Annotated[int | None, typer.Option("--trials", "-n", help="Number of trials.")] = None,
     max_concurrent: Annotated[int | None, typer.Option(help="Trials running at once.")] = None,
-    epochs: Annotated[int | None, typer.Option(help="Proxy epochs per trial.")] = None,
-    width: Annotated[int | None, typer.Option(help="Proxy model width.")] = None,
+    epochs: Annotated[int | None, typer.Option(help="Proxy epochs per trial (objective proxy, pbt).")] = None,
+    width: Annotated[int | None, typer.Option(help="Proxy model width (objective proxy, pbt).")] = None,
+    target_epochs: Annotated[int | None, typer.Option(help="Epochs of the target recipe.")] = None,
+    target_width: Annotated[int | None, typer.Option(help="Model width of the target recipe.")] = None,
+    race_seeds: Annotated[int | None, typer.Option(help="Paired seeds of the confirmation race.")] = None,
+    race: Annotated[bool | None, typer.Option("--race/--no-race", help="Run the confirmation race.")] = None,
     train_size: Annotated[int | None, typer.Option(help="Training images.")] = None,
     val_size: Annotated[int | None, typer.Option(help="Validation images.")] = None,
     cpus_per_trial: Annotated[float | None, typer.Option(help="CPUs per trial.")] = None,
@@ -139,7 +212,9 @@ def run(
                      "resources.cpu": cpus_per_trial, "resources.gpu": gpus_per_trial, "seed": seed,
                      "output": str(output) if output else None, "storage": storage, "ray_address": address,
                      "baselines": baseline or None, "top_k": top_k, "mode": mode,
-                     "pbt.population_size": population, "pbt.perturbation_interval": interval}
+                     "pbt.population_size": population, "pbt.perturbation_interval": interval,
+                     "target.epochs": target_epochs, "target.width": target_width, "race.seeds": race_seeds,
+                     "race.enabled": race}
         cfg = load_config(config, overrides)
         _quiet_libraries()
         if cfg.mode == "pbt":
@@ -147,14 +222,61 @@ def run(
                           f"{cfg.proxy.epochs} epochs, perturbation every {cfg.pbt.perturbation_interval} "
                           f"-> {cfg.folder}")
         else:
+            t = cfg.target
+            plan = (f"race: top {cfg.race.top_k} vs {len(cfg.race.baselines)} baselines x {cfg.race.seeds} seeds"
+                    if cfg.race.enabled else "no race")
             console.print(f"campaign [bold]{cfg.name}[/]: {cfg.num_trials} trials, {cfg.space} space, "
-                          f"{cfg.objective} objective, {cfg.sampler} sampler -> {cfg.folder}")
+                          f"{cfg.objective} objective, {cfg.sampler} sampler; target {t.model} w{t.width} "
+                          f"{t.epochs} epochs; {plan} -> {cfg.folder}")
+        from .calibrate import find_calibration
+
+        known = find_calibration(cfg)
+        if known is not None:
+            console.print(f"calibrated rank agreement of the {cfg.objective} objective with full training: Spearman "
+                          f"{known['spearman']:+.2f} (95% CI [{known['ci_low']:+.2f}, {known['ci_high']:+.2f}], "
+                          f"{known['policies']} policies)", highlight=False)
         if quiet:
             result = run_campaign(cfg)
         else:
             with _ProgressView(*_progress_total(cfg)) as view:
                 result = run_campaign(cfg, on_progress=view)
         _report(result)
+
+    _guard(debug, go)
+
+
+@app.command()
+def calibrate(
+    config: Annotated[Path | None, typer.Option("--config", "-c", help="YAML campaign config.")] = None,
+    objective: Annotated[list[str] | None, typer.Option(help="Objective to calibrate (repeatable).")] = None,
+    seeds: Annotated[int, typer.Option(help="Seeds of the full-training reference (>= 2).")] = 2,
+    random_policies: Annotated[int, typer.Option(help="Random draws from the space, besides presets and grid.")] = 6,
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="Folder holding campaigns.")] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+    debug: Debug = False,
+) -> None:
+    """Measure each objective's rank agreement with full target training on your data (>= 25 policies)."""
+
+    def go() -> None:
+        from .calibrate import run_calibration
+        from .config import load_config
+
+        cfg = load_config(config, {"output": str(output) if output else None})
+        _quiet_libraries()
+        names = objective or ["proxy", "finetune"]
+        console.print(f"calibration of {', '.join(names)} against the target ({cfg.target.model} "
+                      f"w{cfg.target.width}, {cfg.target.epochs} epochs) over {seeds} seeds")
+        if quiet:
+            result = run_calibration(cfg, names, seeds=seeds, num_random=random_policies)
+        else:
+            with _ProgressView(1, "reference") as view:
+                result = run_calibration(cfg, names, seeds=seeds, num_random=random_policies, on_progress=view)
+        table = Table(title=f"rank agreement with full training ({result.folder})")
+        for col in ("objective", "Spearman", "bootstrap 95% CI", "policies"):
+            table.add_column(col)
+        for r in result.table.itertuples():
+            table.add_row(r.objective, f"{r.spearman:+.2f}", f"[{r.ci_low:+.2f}, {r.ci_high:+.2f}]", str(r.policies))
+        console.print(table)
 
     _guard(debug, go)
 
@@ -226,8 +348,12 @@ def status(
                           markup=False, highlight=False, soft_wrap=True)
         if (folder / "summary.json").is_file():
             summary = json.loads((folder / "summary.json").read_text())
-            console.print(f"best val_acc {summary['best_score']} (trial {summary['best_trial']}); "
+            console.print(f"best search val_acc {summary['best_score']} (trial {summary['best_trial']}); "
                           f"counts {summary['counts']}; wall {summary['wall_s']} s")
+            if summary.get("noise_warning"):
+                console.print(f"warning: {summary['noise_warning']}", markup=False, highlight=False)
+            if summary.get("race"):
+                _race_table(summary["race"], f"confirmation race (seeds {summary['race']['seeds']})")
 
     _guard(debug, go)
 
@@ -270,7 +396,8 @@ def _cell(value: Any) -> str:
 def export(
     campaign: Annotated[str, typer.Argument(help="Campaign name or folder.")],
     top: Annotated[int, typer.Option(help="How many ranked policies.")] = 3,
-    fmt: Annotated[str, typer.Option("--format", "-f", help="json | torchvision | timm.")] = "json",
+    fmt: Annotated[str, typer.Option("--format", "-f", help="json | torchvision | kornia | albumentations | timm "
+                                     "(torchvision/kornia: one self-contained .py each).")] = "json",
     out: Annotated[Path | None, typer.Option(help="Target folder (default <campaign>/export/<format>).")] = None,
     output: Output = Path("results"),
     debug: Debug = False,
@@ -373,7 +500,10 @@ def train(
         from trainers.engine import select_device
         from trainers.pipelines import PipelineError, make_config
         from trainers.pipelines import pipeline as lookup
+        from trainers.pipelines.common import check_name
 
+        if name is not None:
+            check_name(name)  # before anything is read or written: a name never leaves --output
         values: dict[str, Any] = {}
         if config is not None:
             loaded = yaml.safe_load(config.read_text(encoding="utf-8"))

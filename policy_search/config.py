@@ -26,7 +26,9 @@ from search_spaces.policy import one_line
 from search_spaces.spaces import SPACES_BY_NAME, baseline_params, check_ops, grid_space
 from trainers.proxy import ProxyConfig
 
-__all__ = ["CampaignConfig", "ProxyBudget", "PBTOptions", "Resources", "ConfigError", "load_config", "PASSWORD_ENV"]
+__all__ = ["CampaignConfig", "TrainingKnobs", "ProxyBudget", "TargetRecipe", "FinetuneOptions", "RaceOptions",
+           "PBTOptions", "Resources", "ConfigError", "load_config", "validate_config", "PASSWORD_ENV",
+           "PRESET_BASELINES"]
 
 PASSWORD_ENV = "POLICY_SEARCH_DB_PASSWORD"
 
@@ -59,22 +61,62 @@ class Resources(_Model):
 _P = ProxyConfig  # one source for the proxy defaults
 
 
-class ProxyBudget(_Model):
-    """Validated fields of :class:`trainers.proxy.ProxyConfig` (the seed comes from the campaign).
-
-    Defaults are ProxyConfig's, except ``epochs``: the quick-start trains 5 epochs on 2,000 images so a
-    10-trial campaign fits in about a minute and a half on 2 CPU cores.
-    """
+class TrainingKnobs(_Model):
+    """What a training run is made of (the fields of :class:`trainers.proxy.ProxyConfig` but the seed, which
+    comes from the campaign); the proxy budget and the target recipe are both trainings."""
 
     model: str = _P.model
     width: int = Field(_P.width, ge=1)
     depth: int = Field(_P.depth, ge=1)
-    epochs: int = Field(5, ge=1)
+    epochs: int = Field(_P.epochs, ge=1)
     batch_size: int = Field(_P.batch_size, ge=1)
     lr: float = Field(_P.lr, gt=0)
     weight_decay: float = Field(_P.weight_decay, ge=0)
     label_smoothing: float = Field(_P.label_smoothing, ge=0, lt=1)
-    base_augment: bool = _P.base_augment
+    base_augment: bool = _P.base_augment  # crop+flip before every candidate policy
+
+
+class ProxyBudget(TrainingKnobs):
+    """The short proxy (``objective: proxy``, density fold models, PBT members). Defaults are ProxyConfig's,
+    except ``epochs``: 5, short enough for a 10-trial campaign in about a minute and a half on 2 CPU cores."""
+
+    epochs: int = Field(5, ge=1)
+
+
+class TargetRecipe(TrainingKnobs):
+    """The training the user will finally run with the winning policy (``target:``).
+
+    Every objective derives its budget from it: ``full`` trains it end to end, ``finetune`` continues a shared
+    checkpoint of it through its last epochs, the confirmation race retrains it over paired seeds. Its
+    defaults are the quick-start's (2,000 sample images, about 10 s per training on 2 CPU cores); the reduced
+    CIFAR-10 recipe of the README and ``configs/reduced-cifar10.yaml`` is ``width: 32, epochs: 30``.
+    """
+
+    epochs: int = Field(15, ge=2)
+
+
+class FinetuneOptions(_Model):
+    """The late-phase objective (``objective: finetune``, after Augmentation-wise Weight Sharing).
+
+    One shared model trains with the base augmentation for ``fraction`` of the target's epochs; every trial
+    continues it to the end of the schedule (learning-rate decay included) with its candidate policy.
+    """
+
+    fraction: float = Field(0.7, gt=0, lt=1)  # share of the target's epochs trained once, before the trials
+
+
+class RaceOptions(_Model):
+    """The confirmation race: after the search, the ``top_k`` searched policies and the ``baselines`` retrain at
+    full target fidelity over ``seeds`` paired seeds; the best mean wins (``best_policy.json``)."""
+
+    enabled: bool = True
+    top_k: int = Field(2, ge=1, le=20)  # the quick-start's; configs/reduced-cifar10.yaml races 3
+    seeds: int = Field(2, ge=1, le=20)  # paired seeds; configs/reduced-cifar10.yaml uses 3
+    baselines: list[str] = Field(default_factory=lambda: ["crop_flip", "randaugment"])  # or PRESET_BASELINES
+
+
+#: The fixed recipes a user gets for free; ``crop_flip`` is the base augmentation alone.
+PRESET_BASELINES = ("crop_flip", "randaugment", "trivialaugment_wide", "autoaugment_cifar10")
 
 
 class PBTOptions(_Model):
@@ -103,11 +145,15 @@ class CampaignConfig(_Model):
 
     name: str = "quickstart"
     dataset: str = "sample"
+    decode_size: int | None = Field(None, ge=8, le=4096)  # scale images to this size at decode (large photos)
     train_size: int = Field(2000, ge=10)
-    val_size: int = Field(1000, ge=10)
-    space: Literal["randaugment", "autoaugment", "custom"] = "randaugment"
+    val_size: int | None = Field(None, ge=10)  # None: every image not in train, at most MAX_DEFAULT_VAL
+    space: Literal["randaugment", "randaugment_plus", "autoaugment", "custom"] = "randaugment_plus"
     space_options: dict[str, Any] = Field(default_factory=dict)
-    objective: Literal["proxy", "density"] = "proxy"
+    objective: Literal["finetune", "full", "proxy", "density"] = "finetune"
+    target: TargetRecipe = Field(default_factory=TargetRecipe)
+    finetune: FinetuneOptions = Field(default_factory=FinetuneOptions)
+    race: RaceOptions = Field(default_factory=RaceOptions)
     density_k: int = Field(2, ge=2)
     sampler: Literal["tpe", "random", "grid"] = "tpe"
     num_trials: int = Field(10, ge=1)
@@ -161,8 +207,21 @@ class CampaignConfig(_Model):
                     raise PolicyError(f"baselines[{i}]: {str(exc).split(': ', 1)[-1]}") from None
         except PolicyError as exc:
             raise ValueError(str(exc)) from None
+        if self.mode == "pbt" and "objective" not in self.model_fields_set:
+            self.__dict__["objective"] = "proxy"  # a population trains proxies; the search default does not apply
         if self.mode == "pbt":
             self._check_pbt()
+        for i, name in enumerate(self.race.baselines):
+            _check_baseline(name, f"race.baselines[{i}]")
+        if self.objective == "finetune" and self.mode == "search":
+            if not self.target.base_augment:
+                raise ValueError("target.base_augment: the finetune objective needs the base augmentation in every "
+                                 "candidate (without it, switching augmentation off late scores best); use "
+                                 "objective 'full' instead")
+            shared = self.finetune_epochs()
+            if not 1 <= shared < self.target.epochs:
+                raise ValueError(f"finetune.fraction: {self.finetune.fraction} of target.epochs ({self.target.epochs}) "
+                                 f"leaves {shared} shared epochs; need 1..{self.target.epochs - 1}")
         limit = self.pbt.population_size if self.mode == "pbt" else self.num_trials
         if self.max_concurrent > limit:
             self.__dict__["max_concurrent"] = limit
@@ -184,11 +243,22 @@ class CampaignConfig(_Model):
 
     # -- derived values ------------------------------------------------------------------------------------
 
+    def finetune_epochs(self) -> int:
+        """Epochs of the shared model before the late-phase trials (``finetune.fraction`` of the target)."""
+        return int(round(self.finetune.fraction * self.target.epochs))
+
+    def resolved_val_size(self, num_images: int) -> int:
+        """``val_size``, or (None) every image not in the training split, at most ``MAX_DEFAULT_VAL``."""
+        if self.val_size is not None:
+            return self.val_size
+        return max(0, min(MAX_DEFAULT_VAL, num_images - self.train_size))
+
     def resolved_baselines(self) -> list[str]:
         """The presets enqueued as the first trials."""
         if self.baselines is not None:
             return list(self.baselines)
-        return ["randaugment"] if self.space == "randaugment" and not self.space_options else []
+        natural = self.space in ("randaugment", "randaugment_plus") and not self.space_options
+        return ["randaugment"] if natural else []
 
     @property
     def folder(self) -> Path:
@@ -213,6 +283,24 @@ class CampaignConfig(_Model):
         return d
 
 
+MAX_DEFAULT_VAL = 10_000  # validation images by default: standard error 0.46 points at 70% accuracy
+
+
+def _check_baseline(name: str, where: str) -> None:
+    """A race baseline is a preset name or a policy file (validated now, so a typo fails before any training)."""
+    from search_spaces import load_policy_or_schedule
+
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"{where}: must be a preset name or a policy file, got {name!r}")
+    if name == "crop_flip":
+        return
+    try:
+        load_policy_or_schedule(name)
+    except PolicyError as exc:
+        raise ValueError(f"{where}: {exc}") from None
+
+
+_BOOL_OPTIONS = ("weights", "ramp", "mix")
 _COUNT_OPTIONS = {"max_n": (1, 16), "num_bins": (2, 101), "num_subpolicies": (1, 64), "ops_per_subpolicy": (1, 8)}
 
 
@@ -227,6 +315,9 @@ def _check_space_option(space: str, key: str, value: Any) -> None:
         lo, hi = _COUNT_OPTIONS[key]
         if not (isinstance(value, int) and not isinstance(value, bool) and lo <= value <= hi):
             raise ValueError(f"{where}: must be a whole number in [{lo}, {hi}], got {value!r}")
+    elif key in _BOOL_OPTIONS:
+        if not isinstance(value, bool):
+            raise ValueError(f"{where}: must be true or false, got {value!r}")
     elif key == "ops" and space == "custom":
         if not isinstance(value, dict):
             raise ValueError(f"{where}: the custom space needs a mapping {{op: [low, high]}}, got {value!r}")

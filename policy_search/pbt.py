@@ -35,12 +35,23 @@ from ray import tune
 from ray.tune.schedulers import PopulationBasedTraining
 
 from search_spaces import Schedule, Segment, save_policy
-from search_spaces.pba import PBA_OPS, explore, op_curves, policy_from_params, random_params, zero_params
+from search_spaces.pba import PBA_OPS, explore, op_curves, pba_policy, random_params, zero_params
 from trainers.engine import load_checkpoint
+from trainers.plotting import pyplot
 from trainers.proxy import ProxyConfig, ProxyData, train_proxy
 
-from .campaign import TUNE_NAME, CampaignResult, Progress, _proxy_config, ray_session, trial_dirname, tune_dir
 from .config import CampaignConfig
+from .session import (
+    TUNE_NAME,
+    CampaignResult,
+    Progress,
+    library_versions,
+    machine_info,
+    proxy_config,
+    ray_session,
+    trial_dirname,
+    tune_dir,
+)
 
 __all__ = ["MemberJob", "PBAExplore", "run_member", "fit_pbt", "write_pbt_results", "population_table",
            "member_table", "schedule_from_history", "plot_schedule"]
@@ -79,7 +90,7 @@ def run_member(config: dict[str, Any], *, job: MemberJob, data: ProxyData) -> No
     """
     member = tune.get_context().get_trial_id()
     params = {k: int(v) for k, v in config["params"].items()}
-    policy = policy_from_params(params, job.ops, job.copies)
+    policy = pba_policy(params, job.ops, job.copies)
     history: list[dict[str, Any]] = []
     resume, donor = None, ""
     checkpoint = tune.get_checkpoint()
@@ -185,7 +196,7 @@ def _tuner(config: CampaignConfig, trainable: Any) -> tune.Tuner:
 
 def _trainable(config: CampaignConfig, proxy_data: ProxyData) -> Any:
     ops, copies = _space(config)
-    job = MemberJob(ops, copies, _proxy_config(config).to_dict(), config.seed, config.pbt.perturbation_interval)
+    job = MemberJob(ops, copies, proxy_config(config).to_dict(), config.seed, config.pbt.perturbation_interval)
     resources = {"cpu": config.resources.cpu, "gpu": config.resources.gpu}
     return tune.with_resources(tune.with_parameters(run_member, job=job, data=proxy_data), resources)
 
@@ -200,7 +211,7 @@ def _progress(config: CampaignConfig, on_progress: Callable[[Progress], None] | 
         _PROGRESS_HOOKS.pop(str(config.folder), None)
 
 
-def fit_pbt(config: CampaignConfig, proxy_data: ProxyData, data: Any, t0: float,
+def fit_pbt(config: CampaignConfig, proxy_data: ProxyData, t0: float,
             on_progress: Callable[[Progress], None] | None = None, restore: bool = False,
             resume_errored: bool = False) -> CampaignResult:
     """Run (or, with ``restore``, resume) the population and write the results; called by
@@ -213,7 +224,7 @@ def fit_pbt(config: CampaignConfig, proxy_data: ProxyData, data: Any, t0: float,
         else:
             tuner = _tuner(config, trainable)
         grid = tuner.fit()
-    return write_pbt_results(config, grid, data, wall_s=time.monotonic() - t0)
+    return write_pbt_results(config, grid, wall_s=time.monotonic() - t0)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -276,7 +287,7 @@ def schedule_from_history(history: list[dict[str, Any]], ops: tuple[str, ...], c
             lineage[-1]["end_epoch"] = start + 1
         else:
             lineage.append({"member": rec["member"], "start_epoch": start, "end_epoch": start + 1})
-    schedule = Schedule(tuple(Segment(a, b, policy_from_params(p, ops, copies, name=f"pba-epochs-{a}-{b}"))
+    schedule = Schedule(tuple(Segment(a, b, pba_policy(p, ops, copies, name=f"pba-epochs-{a}-{b}"))
                               for a, b, p in segments), name=name)
     return schedule, lineage
 
@@ -284,10 +295,7 @@ def schedule_from_history(history: list[dict[str, Any]], ops: tuple[str, ...], c
 def plot_schedule(history: list[dict[str, Any]], ops: tuple[str, ...], copies: int, path: Path,
                   title: str = "") -> Path:
     """Two panels over epochs: each op's summed probability and probability-weighted magnitude bin."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     epochs = [int(r["epoch"]) - 1 for r in history] + [int(history[-1]["epoch"])]  # epoch e spans [e, e + 1)
     curves = [op_curves(r["params"], ops, copies) for r in history]
@@ -314,11 +322,9 @@ def _history(result: Any) -> list[dict[str, Any]]:
         return json.loads((Path(folder) / HISTORY_FILE).read_text())
 
 
-def write_pbt_results(config: CampaignConfig, grid: Any, data: Any, wall_s: float) -> CampaignResult:
+def write_pbt_results(config: CampaignConfig, grid: Any, wall_s: float) -> CampaignResult:
     """Write ``population.csv``, the ranked schedules, ``schedule.png`` and ``summary.json`` (see the module
-    docstring); ``data`` (ImageData) is unused but keeps the signature of ``results.write_results``."""
-    from .results import _machine, library_versions
-
+    docstring)."""
     folder, epochs = config.folder, config.proxy.epochs
     ops, copies = _space(config)
     (folder / "population.csv").unlink(missing_ok=True)  # a resumed campaign rebuilds it
@@ -360,7 +366,7 @@ def write_pbt_results(config: CampaignConfig, grid: Any, data: Any, wall_s: floa
         "exploited_epochs": int((population["exploited_from"].astype(str) != "").sum()) if len(population) else 0,
         "counts": counts, "population_size": config.pbt.population_size, "epochs": epochs,
         "member_epochs": int(len(population)), "wall_s": round(wall_s, 2),
-        "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "machine": _machine(), "versions": versions,
+        "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "machine": machine_info(), "versions": versions,
         "files": {k: str(v.relative_to(folder)) for k, v in files.items()},
     }
     files["summary"] = folder / "summary.json"

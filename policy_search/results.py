@@ -11,12 +11,8 @@ the study; its row comes from there (empty ``node_id``), so ``trials.csv`` and t
 from __future__ import annotations
 
 import json
-import os
-import platform
-import socket
 import time
 import warnings
-from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
@@ -25,21 +21,19 @@ import optuna
 import pandas as pd
 from ray.tune import ResultGrid
 
-from search_spaces import save_policy
+from search_spaces import Policy, Schedule, load_policy_or_schedule, save_policy
 from search_spaces.spaces import policy_from_params
+from trainers.plotting import pyplot
 
-from .campaign import STALE_ATTR, STUDY_ATTR, CampaignResult, load_study
 from .config import CampaignConfig
 from .export import preview_policy
+from .objectives import make_objective
+from .race import RaceResult
+from .session import STALE_ATTR, STUDY_ATTR, CampaignResult, library_versions, load_study, machine_info
 
-__all__ = ["write_results", "trials_table", "library_versions", "read_trials"]
+__all__ = ["write_results", "trials_table", "ranked_trials", "trial_policy", "noise_warning", "STATUS_ORDER"]
 
 STATUS_ORDER = ("COMPLETE", "PRUNED", "FAILED")
-
-
-def library_versions() -> dict[str, str]:
-    """Versions recorded in every policy's provenance."""
-    return {name: version(name) for name in ("torch", "kornia", "ray", "optuna", "policy-search")}
 
 
 def _error_line(error: BaseException | None) -> str:
@@ -52,7 +46,7 @@ def _error_line(error: BaseException | None) -> str:
 
 def trials_table(config: CampaignConfig, grid: ResultGrid, study: optuna.Study | None = None) -> pd.DataFrame:
     """One row per Tune trial (see the module docstring), sorted by study trial number."""
-    max_t = config.proxy.epochs if config.objective == "proxy" else 1
+    max_t = make_objective(config).max_t
     by_tune_id: dict[str, optuna.trial.FrozenTrial] = {}
     if study is not None:
         for t in study.get_trials(deepcopy=False):
@@ -63,17 +57,19 @@ def trials_table(config: CampaignConfig, grid: ResultGrid, study: optuna.Study |
         trial_id = Path(result.path).name  # campaign.trial_dirname
         history = result.metrics_dataframe
         accs = [] if history is None or "val_acc" not in history else history["val_acc"].dropna().tolist()
-        iters = int(result.metrics.get("training_iteration") or 0)
+        iters = int(result.metrics.get("epoch") or 0)  # the last reported epoch of training
         status = "FAILED" if result.error else ("PRUNED" if iters < max_t else "COMPLETE")
+        se = result.metrics.get("val_se")
         ot = by_tune_id.get(trial_id)
         params = ot.params if ot is not None else {k: v for k, v in (result.config or {}).items()}
         rows.append({
             "number": ot.number if ot is not None else None, "trial_id": trial_id, "status": status,
             "val_acc": accs[-1] if accs and status != "FAILED" else np.nan,
+            "val_se": float(se) if se is not None and status != "FAILED" else np.nan,
             "best_val_acc": max(accs) if accs else np.nan, "epochs": iters,
             "val_acc_history": ";".join(f"{a:.4f}" for a in accs),
             "duration_s": round(float(result.metrics.get("time_total_s") or 0.0), 2),
-            "node_id": result.metrics.get("node_id", ""), "hostname": result.metrics.get("hostname", ""),
+            "node_id": result.metrics.get("node_id", ""),
             "error": _error_line(result.error),
             **{f"param_{k}": v for k, v in params.items()},
         })
@@ -100,22 +96,44 @@ def _study_only_row(t: optuna.trial.FrozenTrial, trial_id: str, max_t: int) -> d
     return {"number": t.number, "trial_id": trial_id, "status": status, "val_acc": value,
             "best_val_acc": max(accs) if accs else value, "epochs": max_t if status == "COMPLETE" else len(accs),
             "val_acc_history": ";".join(f"{a:.4f}" for a in accs), "duration_s": round(seconds, 2),
-            "node_id": "", "hostname": "",
+            "node_id": "",
             "error": "" if status != "FAILED" else "failed after Tune's last snapshot (reason not recorded)",
             **{f"param_{k}": v for k, v in t.params.items()}}
 
 
-def read_trials(folder: str | os.PathLike) -> pd.DataFrame:
-    """``trials.csv`` of a campaign folder."""
-    return pd.read_csv(Path(folder) / "trials.csv")
-
-
-def _ranked(df: pd.DataFrame) -> pd.DataFrame:
-    """Trials eligible for the top-k: full-budget COMPLETE ones, or (if none) anything with a score."""
+def ranked_trials(df: pd.DataFrame) -> pd.DataFrame:
+    """Trials eligible for the top-k, best first: full-budget COMPLETE ones, or (if none) anything scored."""
+    if df.empty:
+        return df
     scored = df[df["status"] == "COMPLETE"].dropna(subset=["val_acc"])
     if scored.empty:
         scored = df[df["status"] != "FAILED"].dropna(subset=["val_acc"])
     return scored.sort_values(["val_acc", "number"], ascending=[False, True])
+
+
+def trial_policy(config: CampaignConfig, row: pd.Series, rank: int) -> Policy | Schedule:
+    """The policy (or, for a ramped space, schedule) of one ``trials.csv`` row, with its provenance."""
+    return policy_from_params(config.space, _params(row), **config.space_options).with_provenance(
+        campaign=config.name, trial_number=None if pd.isna(row["number"]) else int(row["number"]),
+        trial_id=row["trial_id"], rank=rank, score=float(row["val_acc"]), metric="val_acc",
+        objective=config.objective, target=config.target.model_dump(), dataset=config.dataset, seed=config.seed,
+        space=config.space, params=_params(row), versions=library_versions())
+
+
+def noise_warning(df: pd.DataFrame) -> str | None:
+    """A warning when the validation standard error is larger than the spread of the trials' scores: the
+    search then ranks mostly noise (more validation images or a ``full``/``finetune`` objective help)."""
+    if df.empty or "val_se" not in df:
+        return None
+    done = df[df["status"] == "COMPLETE"].dropna(subset=["val_acc", "val_se"])
+    if len(done) < 3:
+        return None
+    se, spread = float(done["val_se"].median()), float(done["val_acc"].std())
+    if se <= spread:
+        return None
+    return (f"validation noise (standard error {se:.4f}) is larger than the spread of the trial scores "
+            f"({spread:.4f}): the search ranks mostly noise; use more validation images (val_size) or a "
+            f"late-phase objective (finetune)")
 
 
 def _params(row: pd.Series) -> dict[str, Any]:
@@ -127,10 +145,7 @@ def _params(row: pd.Series) -> dict[str, Any]:
 
 
 def _plot_history(df: pd.DataFrame, path: Path) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, ax = plt.subplots(figsize=(6, 3.5))
     order = df.assign(x=df["number"].fillna(df.index.to_series())).sort_values("x")
@@ -153,10 +168,7 @@ def _plot_history(df: pd.DataFrame, path: Path) -> Path:
 
 
 def _plot_importances(study: optuna.Study | None, path: Path) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     importances: dict[str, float] = {}
     reason = ""
@@ -188,56 +200,69 @@ def _plot_importances(study: optuna.Study | None, path: Path) -> Path:
     return path
 
 
-def _machine() -> dict[str, Any]:
-    import torch
-
-    return {"hostname": socket.gethostname(), "platform": platform.platform(), "python": platform.python_version(),
-            "cpu_count": os.cpu_count(), "cuda": torch.cuda.is_available(),
-            "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
-
-
-def write_results(config: CampaignConfig, grid: ResultGrid, data: Any, wall_s: float) -> CampaignResult:
-    """Write every output file of a campaign into ``config.folder``; ``data`` (ImageData) feeds the preview."""
+def write_results(config: CampaignConfig, df: pd.DataFrame, data: Any, wall_s: float,
+                  race: RaceResult | None = None) -> CampaignResult:
+    """Write every output file of a campaign into ``config.folder``: ``trials.csv`` (``df``, from
+    :func:`trials_table`), ``top_k/``, plots, ``summary.json`` and ``best_policy.json`` -- the race winner when
+    a confirmation race ran (``race.csv``, ``race_runs.csv``), else the search's best trial. ``data``
+    (ImageData) feeds the preview."""
     folder = config.folder
     try:
         study = load_study(config)
     except KeyError:
         study = None
-    df = trials_table(config, grid, study)
     files = {"trials": folder / "trials.csv"}
     df.to_csv(files["trials"], index=False)
-    ranked = _ranked(df) if not df.empty else df
-    versions = library_versions()
+    ranked = ranked_trials(df)
     (folder / "top_k").mkdir(exist_ok=True)
     for old in (folder / "top_k").glob("rank*.json"):
         old.unlink()
     best = None
     for i, (_, row) in enumerate(ranked.head(config.top_k).iterrows(), start=1):
-        policy = policy_from_params(config.space, _params(row), **config.space_options).with_provenance(
-            campaign=config.name, trial_number=None if pd.isna(row["number"]) else int(row["number"]),
-            trial_id=row["trial_id"], rank=i, score=float(row["val_acc"]), metric="val_acc",
-            objective=config.objective, dataset=config.dataset, seed=config.seed, space=config.space,
-            params=_params(row), versions=versions)
+        policy = trial_policy(config, row, i)
         save_policy(policy, folder / "top_k" / f"rank{i}.json")
         if i == 1:
             best = policy
-            files["best_policy"] = save_policy(policy, folder / "best_policy.json")
+    if race is not None and race.winner is not None:
+        best = _race_winner(race)
+    if best is not None:
+        files["best_policy"] = save_policy(best, folder / "best_policy.json")
+    elif (folder / "best_policy.json").exists():
+        (folder / "best_policy.json").unlink()
     files["history_png"] = _plot_history(df, folder / "history.png") if not df.empty else None
     files["importances_png"] = _plot_importances(study, folder / "importances.png")
     if best is not None:
         spread = data.images[:: max(1, len(data.images) // 8)][:8]  # one image from across the classes
-        files["preview_png"] = preview_policy(best, spread, folder / "best_policy_preview.png", seed=config.seed)
+        preview = best.segments[-1].policy if isinstance(best, Schedule) else best
+        files["preview_png"] = preview_policy(preview, spread, folder / "best_policy_preview.png", seed=config.seed)
     counts = {s: int((df["status"] == s).sum()) if not df.empty else 0 for s in STATUS_ORDER}
     best_score = float(ranked.iloc[0]["val_acc"]) if len(ranked) else None
+    warning = noise_warning(df)
     summary = {
-        "campaign": config.name, "config": config.public_dict(), "best_score": best_score,
-        "best_trial": None if best is None else best.provenance.get("trial_number"),
-        "best_params": None if best is None else best.provenance.get("params"),
+        "campaign": config.name, "config": config.public_dict(), "target": config.target.model_dump(),
+        "objective": make_objective(config).describe(), "best_score": best_score,
+        "best_trial": None if ranked.empty else (None if pd.isna(ranked.iloc[0]["number"])
+                                                 else int(ranked.iloc[0]["number"])),
+        "best_params": None if ranked.empty else _params(ranked.iloc[0]),
         "counts": counts, "num_trials": int(len(df)), "wall_s": round(wall_s, 2),
-        "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "machine": _machine(), "versions": versions,
-        "files": {k: str(v.relative_to(folder)) for k, v in files.items() if v is not None},
+        "noise_warning": warning,
+        "val_se_median": None if "val_se" not in df or df["val_se"].dropna().empty
+        else round(float(df["val_se"].median()), 5),
+        "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "machine": machine_info(), "versions": library_versions(),
     }
+    if race is not None:
+        files.update(race.files)
+        summary["race"] = race.summary()
+    summary["files"] = {k: str(v.relative_to(folder)) for k, v in files.items() if v is not None}
     files["summary"] = folder / "summary.json"
     files["summary"].write_text(json.dumps(summary, indent=2, default=str) + "\n")
     return CampaignResult(folder, best_score, summary["best_params"], counts, wall_s,
-                          {k: v for k, v in files.items() if v is not None})
+                          {k: v for k, v in files.items() if v is not None}, race=race)
+
+
+def _race_winner(race: RaceResult) -> Policy | Schedule:
+    """The race winner as a policy file: the searched policy, or the baseline preset/file (crop+flip alone is
+    the ``crop_flip`` preset), with the race's verdict in its provenance."""
+    entry = race.winner
+    policy = entry.policy if entry.policy is not None else load_policy_or_schedule("crop_flip")
+    return policy.with_provenance(race=race.winner_provenance())

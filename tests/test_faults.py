@@ -23,36 +23,20 @@ from typing import Any
 
 import pandas as pd
 import pytest
-import ray
 import torch
 from optuna.trial import TrialState
 from ray import cloudpickle, tune
 from typer.testing import CliRunner
 
-from policy_search.campaign import (
-    TrialJob,
-    _proxy_config,
-    _save_config,
-    _tuner,
-    load_study,
-    prepare_data,
-    ray_session,
-    run_trial,
-)
+from policy_search.campaign import TrialJob, load_study, make_tuner, prepare_data, ray_session, run_trial
 from policy_search.cli import app
 from policy_search.config import load_config
-from policy_search.results import write_results
-from trainers.proxy import ProxyConfig, train_proxy
+from policy_search.objectives import ProxyObjective
+from policy_search.results import trials_table, write_results
+from policy_search.session import proxy_config, save_config
+from trainers.proxy import train_proxy
 
 cloudpickle.register_pickle_by_value(sys.modules[__name__])  # Ray workers cannot import tests/
-
-
-@pytest.fixture(scope="module")
-def ray_local():
-    """A local Ray for this module (reused if one is running)."""
-    if not ray.is_initialized():
-        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield
 
 
 def _ticket(folder: Path) -> int:
@@ -69,7 +53,7 @@ def _ticket(folder: Path) -> int:
 def faulty_trial(config: dict[str, Any], *, job: TrialJob, payload: Any, tickets: str) -> None:
     """The first three trials fail (raise, out of memory, NaN); the others are the campaign's real trial."""
     ticket = _ticket(Path(tickets))
-    proxy = ProxyConfig.from_dict(job.proxy)
+    proxy = job.objective.proxy
     if ticket == 0:
         broken = Path(tickets) / "broken-policy.json"
         broken.write_text('{"schema": "augpolicy/1.0", "policy": {"type": "sequential", "ops": 7}}')
@@ -81,7 +65,8 @@ def faulty_trial(config: dict[str, Any], *, job: TrialJob, payload: Any, tickets
 
         train_proxy(None, payload, proxy, on_epoch=on_epoch)
     elif ticket == 2:
-        run_trial(config, job=dataclasses.replace(job, proxy={**job.proxy, "lr": 1e30}), payload=payload)
+        diverging = ProxyObjective(dataclasses.replace(proxy, lr=1e30))
+        run_trial(config, job=dataclasses.replace(job, objective=diverging), payload=payload)
     else:
         run_trial(config, job=job, payload=payload)
 
@@ -90,19 +75,20 @@ def faulty_trial(config: dict[str, Any], *, job: TrialJob, payload: Any, tickets
 def test_raise_oom_and_nan_are_recorded_and_the_campaign_completes(tmp_path, ray_local):
     cfg = load_config(overrides={"name": "faults", "output": str(tmp_path / "out"), "num_trials": 6,
                                  "max_concurrent": 2, "num_cpus": 2, "train_size": 400, "val_size": 200,
-                                 "proxy.epochs": 2, "proxy.width": 8})
+                                 "proxy.epochs": 2, "proxy.width": 8, "objective": "proxy",
+                                 "space": "randaugment", "race.enabled": False})
     (tmp_path / "tickets").mkdir()
     cfg.folder.mkdir(parents=True)
-    _save_config(cfg)
+    save_config(cfg)
     t0 = time.monotonic()
     data, _, proxy_data = prepare_data(cfg)  # from here on, what run_campaign does, with the wrapped trainable
-    job = TrialJob(cfg.space, dict(cfg.space_options), cfg.objective, _proxy_config(cfg).to_dict(), cfg.seed)
+    job = TrialJob(cfg.space, dict(cfg.space_options), ProxyObjective(proxy_config(cfg)))
     trainable = tune.with_resources(
         tune.with_parameters(faulty_trial, job=job, payload=proxy_data, tickets=str(tmp_path / "tickets")),
         {"cpu": 1})
     with ray_session(cfg):
-        grid = _tuner(cfg, trainable).fit()
-    result = write_results(cfg, grid, data, wall_s=time.monotonic() - t0)
+        grid = make_tuner(cfg, trainable).fit()
+    result = write_results(cfg, trials_table(cfg, grid, load_study(cfg)), data, wall_s=time.monotonic() - t0)
 
     df = pd.read_csv(result.folder / "trials.csv")
     assert len(df) == 6 and df["trial_id"].is_unique  # the requested number of trials ran

@@ -14,7 +14,6 @@ from pathlib import Path
 import optuna
 import pandas as pd
 import pytest
-import ray
 from optuna.trial import TrialState
 
 from policy_search.campaign import STUDY_ATTR, resume_campaign, run_campaign
@@ -54,14 +53,6 @@ def pg_url() -> str:
     return url
 
 
-@pytest.fixture(scope="module")
-def ray_local():
-    """A local Ray for this module (reused if one is running)."""
-    if not ray.is_initialized():
-        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield
-
-
 def _files_holding(root: Path, secret: bytes) -> list[str]:
     return [str(p.relative_to(root)) for p in sorted(root.rglob("*")) if p.is_file() and secret in p.read_bytes()]
 
@@ -72,7 +63,7 @@ def test_campaign_on_postgresql_keeps_the_password_out(tmp_path, pg_url, ray_loc
     password = os.environ[PASSWORD_ENV]
     name = f"pg-{uuid.uuid4().hex[:10]}"  # the database outlives the test: a fresh study per run
     cfg = load_config(overrides={"name": name, "output": str(tmp_path), "storage": pg_url, "objective": "density",
-                                 "space": "autoaugment", "space_options": {"num_subpolicies": 2},
+                                 "race.enabled": False, "space": "autoaugment", "space_options": {"num_subpolicies": 2},
                                  "sampler": "random", "num_trials": 4, "max_concurrent": 2, "num_cpus": 2,
                                  "train_size": 300, "val_size": 100, "proxy.epochs": 1, "proxy.width": 8})
     storage = cfg.storage_url()

@@ -109,7 +109,7 @@ def test_grid_and_pickling():
 
 @pytest.mark.parametrize(("overrides", "message"), [
     ({"num_trials": 0}, "num_trials: must be >= 1, got 0"),
-    ({"objective": "magic"}, "objective: must be one of 'proxy' or 'density', got 'magic'"),
+    ({"objective": "magic"}, "objective: must be one of 'finetune', 'full', 'proxy' or 'density', got 'magic'"),
     ({"proxy.epochs": -1}, "proxy.epochs: must be >= 1, got -1"),
     ({"sampler": "grid", "space": "autoaugment"}, "sampler: grid search is only available for the randaugment"),
     ({"baselines": ["autoaugment_cifar10"]}, "baselines[0]: preset 'autoaugment_cifar10' cannot be expressed"),
@@ -145,5 +145,6 @@ def test_config_yaml_overrides_and_secrets(tmp_path, monkeypatch):
 
 def test_defaults_are_the_quick_start():
     cfg = load_config()
-    assert cfg.dataset == "sample" and cfg.space == "randaugment" and cfg.resolved_baselines() == ["randaugment"]
+    assert cfg.dataset == "sample" and cfg.space == "randaugment_plus" and cfg.resolved_baselines() == ["randaugment"]
+    assert cfg.objective == "finetune" and cfg.race.enabled and cfg.race.baselines == ["crop_flip", "randaugment"]
     assert cfg.storage_url().startswith("sqlite:///") and cfg.storage_url().endswith("results/quickstart/study.db")

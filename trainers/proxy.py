@@ -14,8 +14,9 @@ tensor on the device; the policy runs through the batched :class:`~search_spaces
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
 import numpy as np
@@ -29,17 +30,18 @@ from .engine import (
     EpochMetrics,
     FitResult,
     TrainConfig,
-    default_loss,
     evaluate,
     fit,
     make_optimizer,
+    mixing_loss,
     restore_checkpoint,
     select_device,
     state_dict_for_checkpoint,
 )
-from .models import build_model
+from .models import build_seeded
 
-__all__ = ["ProxyConfig", "ProxyData", "train_proxy", "build_augment", "AugmentPipeline", "DensityMatcher"]
+__all__ = ["ProxyConfig", "ProxyData", "train_proxy", "build_augment", "AugmentPipeline", "DensityMatcher",
+           "shared_checkpoint", "accuracy_se"]
 
 
 @dataclass
@@ -61,17 +63,17 @@ class ProxyConfig:
     base_augment: bool = True  # crop+flip before the searched policy
     seed: int = 0
     num_threads: int | None = None
+    eval_every: int = 1  # evaluate the validation split every this many epochs (and after the last)
 
     def train_config(self) -> TrainConfig:
         return TrainConfig(epochs=self.epochs, batch_size=self.batch_size, lr=self.lr, weight_decay=self.weight_decay,
-                           label_smoothing=self.label_smoothing, seed=self.seed, num_threads=self.num_threads)
+                           label_smoothing=self.label_smoothing, seed=self.seed, num_threads=self.num_threads,
+                           eval_every=self.eval_every)
 
     def build(self, num_classes: int, in_channels: int) -> nn.Module:
         """The proxy model, initialised from ``seed`` without touching the global RNG."""
         kwargs = {"width": self.width, "depth": self.depth} if self.model == "proxy" else {}
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(self.seed)
-            return build_model(self.model, num_classes, in_channels, **kwargs)
+        return build_seeded(self.model, num_classes, in_channels, kwargs, self.seed)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -106,9 +108,6 @@ class ProxyData:
         train, val = torch.as_tensor(splits.train), torch.as_tensor(splits.val)
         return cls(data.images[train].contiguous(), data.labels[train].contiguous(),
                    data.images[val].contiguous(), data.labels[val].contiguous(), tuple(data.classes))
-
-
-Augment = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
 
 
 class AugmentPipeline:
@@ -149,17 +148,6 @@ def _has_batch_ops(source: Policy | Schedule) -> bool:
     return any(seg[2].batch_ops for seg in segments)
 
 
-def _mixing_loss(mixer: Augmenter | ScheduledAugmenter, num_classes: int, label_smoothing: float, seed: int):
-    """A loss that applies the policy's batch ops (cutmix/mixup) to the normalised batch and its labels."""
-    generator = torch.Generator().manual_seed(seed)
-
-    def loss_fn(model: nn.Module, x: torch.Tensor, y: torch.Tensor, idx: torch.Tensor):
-        x, soft = mixer.mix(x, y, num_classes, generator)
-        return default_loss(model, x, soft, label_smoothing)
-
-    return loss_fn
-
-
 StateFn = Callable[[], dict[str, Any]]
 
 
@@ -182,11 +170,13 @@ def train_proxy(policy: Policy | Schedule | str | None, data: ProxyData, config:
     model = config.build(data.num_classes, data.channels)
     train_config = config.train_config()
     optimizer = make_optimizer(model, train_config)
-    start_epoch = restore_checkpoint(dict(resume), model, optimizer) if resume is not None else 0
+    # a deep copy: the optimizer would otherwise adopt the checkpoint's momentum tensors and update them in
+    # place, and the next trial continuing the same shared checkpoint would start from a different state
+    start_epoch = restore_checkpoint(copy.deepcopy(dict(resume)), model, optimizer) if resume is not None else 0
     augment = build_augment(source, config.base_augment, epochs=config.epochs)
     loss_fn = None
     if source is not None and _has_batch_ops(source):
-        loss_fn = _mixing_loss(augment.policy_stage, data.num_classes, config.label_smoothing, config.seed)
+        loss_fn = mixing_loss(augment.policy_stage, data.num_classes, config.label_smoothing)
 
     def callback(m: EpochMetrics) -> bool | None:
         stop = on_epoch(m) if on_epoch is not None else None
@@ -198,6 +188,34 @@ def train_proxy(policy: Policy | Schedule | str | None, data: ProxyData, config:
                device=device, augment=augment, loss_fn=loss_fn,
                on_epoch=callback if on_epoch is not None or on_state is not None else None,
                start_epoch=start_epoch, optimizer=optimizer)
+
+
+def shared_checkpoint(data: ProxyData, config: ProxyConfig, epochs: int, *,
+                      device: torch.device | None = None) -> dict[str, Any]:
+    """The late-phase objective's shared start: train ``config`` (its full schedule: the learning rate at each
+    step is that of a ``config.epochs`` run) with the base augmentation only, stop after ``epochs`` epochs and
+    return the CPU checkpoint (model, optimizer, epoch; ``train_proxy(..., resume=...)`` continues from it).
+
+    Every trial continuing from it shares initial weights, data order and augmentation seeds of the remaining
+    epochs (they depend on ``(seed, epoch)`` only), so two trials differ only by their policy.
+    """
+    if not 1 <= epochs < config.epochs:
+        raise ValueError(f"shared epochs must be in [1, {config.epochs - 1}], got {epochs}")
+    held: dict[str, Any] = {}
+
+    def on_state(m: EpochMetrics, snapshot: StateFn) -> bool:
+        if m.epoch >= epochs:
+            held["state"] = snapshot()
+            return True
+        return False
+
+    train_proxy(None, data, replace(config, eval_every=config.epochs), device=device, on_state=on_state)
+    return held["state"]
+
+
+def accuracy_se(acc: float, n: int) -> float:
+    """Binomial standard error of an accuracy measured on ``n`` images."""
+    return float(np.sqrt(max(acc * (1 - acc), 0.0) / max(n, 1)))
 
 
 class DensityMatcher:

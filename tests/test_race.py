@@ -1,0 +1,109 @@
+"""Search quality end to end on the bundled sample: the confirmation race (as Ray Tune trials, resumable), a
+campaign with the default late-phase objective whose best_policy.json is the race winner, and calibrate."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from policy_search.calibrate import find_calibration, run_calibration
+from policy_search.campaign import resume_campaign, run_campaign
+from policy_search.cli import app
+from policy_search.config import load_config
+from policy_search.race import RUNS_FILE, TABLE_FILE, race_entries, run_race
+from policy_search.session import prepare_data
+from search_spaces import load_policy_or_schedule, preset
+
+TINY = {"train_size": 300, "val_size": 200, "target.width": 8, "target.epochs": 3, "target.batch_size": 64,
+        "num_cpus": 2, "max_concurrent": 2}
+
+
+@pytest.mark.slow
+def test_race_runs_every_pair_once_and_resumes_without_retraining(tmp_path, ray_local):
+    cfg = load_config(overrides={**TINY, "name": "race", "output": str(tmp_path), "race.seeds": 2})
+    cfg.folder.mkdir(parents=True)
+    _, _, data = prepare_data(cfg)
+    entries = race_entries(cfg, [("rank1", preset("trivialaugment_wide"))])
+    result = run_race(cfg, entries, data)
+    runs = pd.read_csv(cfg.folder / RUNS_FILE)
+    assert len(runs) == 3 * 2 and not runs.duplicated(["entry", "seed"]).any()  # (rank1, crop+flip, RA) x 2 seeds
+    assert sorted(set(runs["seed"])) == [cfg.seed + 1, cfg.seed + 2]
+    table = pd.read_csv(cfg.folder / TABLE_FILE)
+    assert table["mean"].iloc[0] == table["mean"].max() and result.winner.label == table["label"].iloc[0]
+    assert (table["runs"] == 2).all()
+
+    # a killed race: two runs were lost; resuming trains exactly those two and keeps the others as they were
+    kept = runs.iloc[:4]
+    kept.to_csv(cfg.folder / RUNS_FILE, index=False)
+    again = run_race(cfg, entries, data)
+    after = pd.read_csv(cfg.folder / RUNS_FILE)
+    assert len(after) == 6 and after.iloc[:4].equals(kept)
+    assert set(map(tuple, after[["entry", "seed"]].values)) == set(map(tuple, runs[["entry", "seed"]].values))
+    # the same (entry, seed) trains the same model: the retrained runs reproduce their first results
+    merged = runs.merge(after, on=["entry", "seed"], suffixes=("", "_again"))
+    assert (merged["val_acc"] == merged["val_acc_again"]).all()
+    assert again.winner.label == result.winner.label
+    # nothing left to run: no Tune experiment is started at all
+    import shutil
+
+    shutil.rmtree(cfg.folder / "race_tune")
+    run_race(cfg, entries, data)
+    assert not (cfg.folder / "race_tune").exists()
+
+
+@pytest.mark.slow
+def test_default_campaign_crowns_the_race_winner(tmp_path, ray_local):
+    cfg = load_config(overrides={**TINY, "name": "default", "output": str(tmp_path), "num_trials": 3,
+                                 "race.seeds": 1})
+    assert cfg.objective == "finetune" and cfg.space == "randaugment_plus" and cfg.race.enabled
+    result = run_campaign(cfg)
+    summary = json.loads((result.folder / "summary.json").read_text())
+    race = summary["race"]
+    winner = race["table"][0]
+    assert race["winner"] == winner["label"] and winner["mean"] == max(r["mean"] for r in race["table"])
+    assert {"crop+flip", "RandAugment(2, 9)"} <= {r["label"] for r in race["table"]}
+    best = load_policy_or_schedule(result.folder / "best_policy.json")
+    assert best.provenance["race"]["winner"] == race["winner"]
+    if race["winner_kind"] == "baseline":
+        assert "no searched policy beat the fixed recipes" in race["verdict"]
+    else:  # a searched winner is the top_k file of its rank
+        rank = load_policy_or_schedule(result.folder / "top_k" / f"{race['winner']}.json")
+        assert rank.to_dict()["name"] == best.to_dict()["name"]
+    trials = pd.read_csv(result.folder / "trials.csv")
+    assert (trials["status"] == "COMPLETE").all() and (trials["epochs"] == cfg.target.epochs).all()
+    assert trials["val_se"].between(0.01, 0.05).all()  # 200 validation images
+    assert summary["objective"] == {"objective": "finetune", "shared_epochs": 2, "epochs": 3}
+    assert summary["target"]["width"] == 8
+    shown = CliRunner().invoke(app, ["status", str(result.folder)], terminal_width=200)
+    assert shown.exit_code == 0 and "confirmation race" in shown.output and race["verdict"][:40] in shown.output
+
+    # resume after the results were lost: the search is done and so is the race; nothing retrains
+    runs_before = pd.read_csv(result.folder / RUNS_FILE)
+    (result.folder / "summary.json").unlink()
+    again = resume_campaign(result.folder)
+    assert again.race is not None and pd.read_csv(result.folder / RUNS_FILE).equals(runs_before)
+
+
+@pytest.mark.slow
+def test_calibrate_measures_rank_agreement_and_resumes(tmp_path, ray_local):
+    cfg = load_config(overrides={**TINY, "name": "cal", "output": str(tmp_path), "target.epochs": 2,
+                                 "finetune.fraction": 0.5, "proxy.epochs": 1, "proxy.width": 4,
+                                 "train_size": 200, "val_size": 100})
+    result = run_calibration(cfg, ["proxy", "finetune"], seeds=2, num_random=6)
+    table = result.table.set_index("objective")
+    assert list(table.index) == ["noise ceiling (full, seed vs seed)", "proxy", "finetune"]
+    assert (table["policies"] == 25).all()  # 4 presets + 15 grid points + 6 random draws
+    assert table["spearman"].between(-1, 1).all() and (table["ci_low"] <= table["ci_high"]).all()
+    scores = pd.read_csv(result.folder / "scores.csv")
+    assert len(scores) == 50 and not scores.duplicated(["objective", "label"]).any()
+    for name in ("calibration.csv", "calibration.md", "calibration.png", "calibration.json", RUNS_FILE):
+        assert (result.folder / name).is_file(), name
+    again = run_calibration(cfg, ["proxy", "finetune"], seeds=2, num_random=6)  # everything is there: no training
+    assert pd.read_csv(result.folder / "scores.csv").equals(scores)
+    assert again.table["spearman"].tolist() == result.table["spearman"].tolist()
+    known = find_calibration(cfg)
+    assert known is not None and known["objective"] == "finetune"
+    assert known["spearman"] == pytest.approx(table.loc["finetune", "spearman"])
