@@ -55,6 +55,7 @@ from .session import (
     trial_dirname,
     tune_dir,
 )
+from .tracking import tracking_callbacks  # noqa: E402
 
 __all__ = ["CampaignResult", "CampaignError", "Progress", "TrialJob", "CampaignSearch", "run_campaign",
            "resume_campaign", "run_trial", "load_study", "load_campaign_config", "fail_stale_trials",
@@ -204,7 +205,8 @@ def make_tuner(config: CampaignConfig, trainable: Any, objective: Objective | No
                                     max_concurrent_trials=config.max_concurrent,
                                     trial_dirname_creator=trial_dirname, reuse_actors=config.reuse_actors),
         run_config=tune.RunConfig(name=TUNE_NAME, storage_path=str(config.folder),
-                                  failure_config=tune.FailureConfig(max_failures=0), verbose=0),
+                                  failure_config=tune.FailureConfig(max_failures=0), verbose=0,
+                                  callbacks=tracking_callbacks(config, "search")),
     )
 
 

@@ -168,6 +168,8 @@ class CampaignConfig(_Model):
     baselines: list[str] | None = None  # None: the space's natural baseline (RandAugment(2, 9) for randaugment)
     top_k: int = Field(3, ge=1)
     reuse_actors: bool = True  # run trials in reused Ray workers (False: a fresh worker process per trial)
+    tracking: list[Literal["mlflow", "wandb"]] = Field(default_factory=list)  # besides TensorBoard (always)
+    dashboard: bool = False  # start the Ray dashboard with a local Ray (http://127.0.0.1:8265)
 
     @field_validator("name")
     @classmethod

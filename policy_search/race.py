@@ -34,6 +34,7 @@ from trainers.proxy import ProxyConfig, ProxyData, accuracy_se, train_proxy
 
 from .config import CampaignConfig
 from .session import Progress, target_config, trial_dirname
+from .tracking import tracking_callbacks
 
 __all__ = ["Entry", "RaceResult", "race_entries", "run_race", "race_table", "paired_interval", "RUNS_FILE",
            "TABLE_FILE", "BASELINE_LABELS"]
@@ -280,7 +281,8 @@ def run_race(config: CampaignConfig, entries: Sequence[Entry], data: ProxyData, 
                                         trial_dirname_creator=trial_dirname, reuse_actors=config.reuse_actors),
             run_config=tune.RunConfig(name=RACE_TUNE, storage_path=str(folder), verbose=0,
                                       failure_config=tune.FailureConfig(max_failures=1),
-                                      callbacks=[_RunLog(runs_path, entries, progress)]))
+                                      callbacks=[_RunLog(runs_path, entries, progress),
+                                                 *tracking_callbacks(config, "race")]))
         tuner.fit()
     runs = _read_runs(runs_path, entries)
     table = race_table(runs, entries)

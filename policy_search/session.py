@@ -132,7 +132,7 @@ def ray_session(config: CampaignConfig) -> Iterator[None]:
     if config.ray_address:
         ray.init(address=config.ray_address, log_to_driver=False)
     else:
-        ray.init(address="local", num_cpus=config.num_cpus or os.cpu_count(), include_dashboard=False,
+        ray.init(address="local", num_cpus=config.num_cpus or os.cpu_count(), include_dashboard=config.dashboard,
                  log_to_driver=False, logging_level=logging.WARNING)
     try:
         yield
