@@ -116,10 +116,10 @@ class _ProgressView:
     """A rich progress bar fed by the campaign's study poller: trials done/total, best so far, ETA."""
 
     def __init__(self, total: int, unit: str = "trials") -> None:
-        self.bar = Progress(TextColumn(f"[bold]{unit}"), BarColumn(), MofNCompleteColumn(),
+        self.bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                             TextColumn("best {task.fields[best]}"), TextColumn("running {task.fields[running]}"),
                             TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), console=console)
-        self.task = self.bar.add_task("trials", total=total, best="-", running=0)
+        self.task = self.bar.add_task(unit, total=total, best="-", running=0)
         self.race_task: Any = None
 
     def __enter__(self) -> _ProgressView:
@@ -132,7 +132,7 @@ class _ProgressView:
     def __call__(self, p: Any) -> None:
         if getattr(p, "stage", "search") == "race":  # the confirmation race: runs done of (entries x seeds)
             if self.race_task is None:
-                self.race_task = self.bar.add_task("race", total=p.total, best="-", running="-")
+                self.race_task = self.bar.add_task("race runs", total=p.total, best="-", running="-")
             self.bar.update(self.race_task, completed=p.done, total=p.total)
             return
         self.bar.update(self.task, completed=p.done, total=p.total, running=p.running,

@@ -123,6 +123,11 @@ class _RunLog(tune.Callback):
     def __init__(self, path: Path, entries: Sequence[Entry], on_row: Callable[[], None] | None = None) -> None:
         self.path, self.entries, self.on_row = path, entries, on_row
 
+    def __getstate__(self) -> dict[str, Any]:
+        """Tune pickles its callbacks with the experiment state: the progress hook (a live view holding locks)
+        stays behind in the driver."""
+        return {**self.__dict__, "on_row": None}
+
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         result = trial.last_result or {}
         if "val_acc" not in result:

@@ -4,6 +4,7 @@ campaign with the default late-phase objective whose best_policy.json is the rac
 from __future__ import annotations
 
 import json
+import threading
 
 import pandas as pd
 import pytest
@@ -59,12 +60,26 @@ def test_default_campaign_crowns_the_race_winner(tmp_path, ray_local):
     cfg = load_config(overrides={**TINY, "name": "default", "output": str(tmp_path), "num_trials": 3,
                                  "race.seeds": 1})
     assert cfg.objective == "finetune" and cfg.space == "randaugment_plus" and cfg.race.enabled
-    result = run_campaign(cfg)
+
+    class View:  # like the CLI's progress bar: holds a lock, so it cannot be pickled into Tune's state
+        def __init__(self) -> None:
+            self.lock, self.seen = threading.RLock(), []
+
+        def __call__(self, p) -> None:
+            with self.lock:
+                self.seen.append(p)
+
+    view = View()
+    result = run_campaign(cfg, on_progress=view)
+    stages = [p.stage for p in view.seen]
+    assert "search" in stages and "race" in stages
     summary = json.loads((result.folder / "summary.json").read_text())
     race = summary["race"]
     winner = race["table"][0]
     assert race["winner"] == winner["label"] and winner["mean"] == max(r["mean"] for r in race["table"])
     assert {"crop+flip", "RandAugment(2, 9)"} <= {r["label"] for r in race["table"]}
+    last_race = [p for p in view.seen if p.stage == "race"][-1]
+    assert last_race.done == last_race.total == len(race["table"])  # every (entry, seed) run, 1 seed
     best = load_policy_or_schedule(result.folder / "best_policy.json")
     assert best.provenance["race"]["winner"] == race["winner"]
     if race["winner_kind"] == "baseline":
@@ -107,3 +122,14 @@ def test_calibrate_measures_rank_agreement_and_resumes(tmp_path, ray_local):
     known = find_calibration(cfg)
     assert known is not None and known["objective"] == "finetune"
     assert known["spearman"] == pytest.approx(table.loc["finetune", "spearman"])
+
+
+@pytest.mark.slow
+def test_cli_run_with_its_progress_bars_prints_the_race(tmp_path, ray_local):
+    """The README's command 1 path: ``policy-search run`` with the progress view (not ``-q``)."""
+    result = CliRunner().invoke(app, ["run", "--name", "bars", "--output", str(tmp_path), "--trials", "2",
+                                      "--train-size", "300", "--val-size", "200", "--target-epochs", "3",
+                                      "--target-width", "8", "--race-seeds", "1"], terminal_width=200)
+    assert result.exit_code == 0, result.output
+    assert "race runs" in result.output and "confirmation race (seeds 1)" in result.output
+    assert "best_policy.json is the race winner" in result.output
