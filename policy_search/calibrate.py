@@ -39,7 +39,7 @@ from trainers.proxy import ProxyData
 
 from .config import CampaignConfig, validate_config
 from .objectives import OBJECTIVES, Objective, make_objective
-from .race import BASELINE_LABELS, Entry, run_race
+from .race import BASELINE_LABELS, Entry, RowLog, run_race
 from .session import Progress, prepare_data, ray_session, trial_dirname
 
 __all__ = ["calibration_panel", "run_calibration", "agreement", "calibration_folder", "find_calibration",
@@ -95,18 +95,14 @@ def _crop_flip_only() -> Policy:
     return load_policy_or_schedule("none")
 
 
-class _ScoreLog(tune.Callback):
-    def __init__(self, path: Path, objective: str, entries: Sequence[Entry]) -> None:
-        self.path, self.objective, self.entries = path, objective, entries
+@dataclass(frozen=True)
+class _ScoreRow:
+    objective: str
+    entries: tuple[Entry, ...]
 
-    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        result = trial.last_result or {}
-        if "val_acc" not in result:
-            return
-        e = self.entries[int(trial.config["entry"])]
-        row = {"objective": self.objective, "label": e.label, "score": result["val_acc"],
-               "val_se": result.get("val_se")}
-        pd.DataFrame([row]).to_csv(self.path, mode="a", header=not self.path.exists(), index=False)
+    def __call__(self, config: dict[str, Any], result: dict[str, Any]) -> dict[str, Any]:
+        return {"objective": self.objective, "label": self.entries[int(config["entry"])].label,
+                "score": result["val_acc"], "val_se": result.get("val_se")}
 
 
 def _score(config: CampaignConfig, name: str, entries: Sequence[Entry], data: ProxyData, folder: Path) -> None:
@@ -127,7 +123,7 @@ def _score(config: CampaignConfig, name: str, entries: Sequence[Entry], data: Pr
                                            trial_dirname_creator=trial_dirname, reuse_actors=config.reuse_actors),
                run_config=tune.RunConfig(name=f"tune-{name}", storage_path=str(folder), verbose=0,
                                          failure_config=tune.FailureConfig(max_failures=1),
-                                         callbacks=[_ScoreLog(path, name, entries)])).fit()
+                                         callbacks=[RowLog(path, _ScoreRow(name, tuple(entries)))])).fit()
 
 
 # ---------------------------------------------------------------------------------------------

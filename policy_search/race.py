@@ -15,6 +15,7 @@ per finished run as it finishes; a killed race resumes without retraining those 
 
 from __future__ import annotations
 
+import json
 import math
 import shutil
 import time
@@ -36,7 +37,7 @@ from .config import CampaignConfig
 from .session import Progress, target_config, trial_dirname
 from .tracking import tracking_callbacks
 
-__all__ = ["Entry", "RaceResult", "race_entries", "run_race", "race_table", "paired_interval", "RUNS_FILE",
+__all__ = ["Entry", "RaceResult", "RowLog", "race_entries", "run_race", "race_table", "paired_interval", "RUNS_FILE",
            "TABLE_FILE", "BASELINE_LABELS"]
 
 RUNS_FILE, TABLE_FILE, RACE_TUNE = "race_runs.csv", "race.csv", "race_tune"
@@ -80,8 +81,6 @@ def race_entries(config: CampaignConfig, searched: Sequence[tuple[str, Policy | 
 
 def _behaviour(policy: Policy | Schedule | None) -> str:
     """What a policy does (its document without name and provenance), to spot duplicates."""
-    import json
-
     if policy is None:
         return "base only"
     doc = policy.to_dict()
@@ -117,11 +116,13 @@ def run_race_trial(config: dict[str, Any], *, job: RaceJob, data: ProxyData) -> 
                  "seconds": fit.seconds, "node_id": ray.get_runtime_context().get_node_id()})
 
 
-class _RunLog(tune.Callback):
-    """Driver-side: append each finished run to ``race_runs.csv`` the moment it finishes."""
+class RowLog(tune.Callback):
+    """Driver-side: append one CSV row per finished trial the moment it finishes (the durable record a resumed
+    race or calibration reads). ``row(config, result)`` builds the row; ``on_row`` runs after each write."""
 
-    def __init__(self, path: Path, entries: Sequence[Entry], on_row: Callable[[], None] | None = None) -> None:
-        self.path, self.entries, self.on_row = path, entries, on_row
+    def __init__(self, path: Path, row: Callable[[dict[str, Any], dict[str, Any]], dict[str, Any]],
+                 on_row: Callable[[], None] | None = None) -> None:
+        self.path, self.row, self.on_row = path, row, on_row
 
     def __getstate__(self) -> dict[str, Any]:
         """Tune pickles its callbacks with the experiment state: the progress hook (a live view holding locks)
@@ -132,15 +133,23 @@ class _RunLog(tune.Callback):
         result = trial.last_result or {}
         if "val_acc" not in result:
             return
-        pair = trial.config["pair"]
-        entry = self.entries[int(pair["entry"])]
-        row = {"entry": int(pair["entry"]), "label": entry.label, "kind": entry.kind, "seed": int(pair["seed"]),
-               "val_acc": result["val_acc"], "val_se": result.get("val_se"),
-               "seconds": round(float(result.get("seconds", 0.0)), 2)}
+        row = self.row(trial.config, result)
         header = not self.path.exists()  # Tune calls back in the driver's one loop: no two writes at once
-        pd.DataFrame([row], columns=RUN_COLUMNS).to_csv(self.path, mode="a", header=header, index=False)
+        pd.DataFrame([row], columns=list(row)).to_csv(self.path, mode="a", header=header, index=False)
         if self.on_row is not None:
             self.on_row()
+
+
+@dataclass(frozen=True)
+class _RunRow:
+    entries: tuple[Entry, ...]
+
+    def __call__(self, config: dict[str, Any], result: dict[str, Any]) -> dict[str, Any]:
+        pair = config["pair"]
+        entry = self.entries[int(pair["entry"])]
+        return {"entry": int(pair["entry"]), "label": entry.label, "kind": entry.kind, "seed": int(pair["seed"]),
+                "val_acc": result["val_acc"], "val_se": result.get("val_se"),
+                "seconds": round(float(result.get("seconds", 0.0)), 2)}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -286,7 +295,7 @@ def run_race(config: CampaignConfig, entries: Sequence[Entry], data: ProxyData, 
                                         trial_dirname_creator=trial_dirname, reuse_actors=config.reuse_actors),
             run_config=tune.RunConfig(name=RACE_TUNE, storage_path=str(folder), verbose=0,
                                       failure_config=tune.FailureConfig(max_failures=1),
-                                      callbacks=[_RunLog(runs_path, entries, progress),
+                                      callbacks=[RowLog(runs_path, _RunRow(tuple(entries)), progress),
                                                  *tracking_callbacks(config, "race")]))
         tuner.fit()
     runs = _read_runs(runs_path, entries)
