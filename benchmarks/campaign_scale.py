@@ -6,9 +6,11 @@ driver samples the driver's resident set size (psutil when installed, else ``/pr
 number of finished trials once a second. Reports RSS at the start, when the first trial finished, the peak
 and the end, the growth per 100 trials over the trial phase (least squares) and trials per minute.
 
-Writes ``campaign_scale.csv`` (t_s, rss_mib, trials_done) and ``campaign_scale.png`` into ``--out``.
+Writes ``campaign_scale.csv`` (t_s, rss_mib, trials_done) and ``campaign_scale.png`` into ``--out`` (default
+``benchmarks/out``, not committed) and, with ``--publish``, copies them to ``docs/results/`` (what the README
+cites).
 
-Usage (from the project root): ``python benchmarks/campaign_scale.py [--trials 500] [--concurrent 2]``
+Usage (from the project root): ``python benchmarks/campaign_scale.py [--trials 500] [--concurrent 2] [--publish]``
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import argparse
 import datetime as dt
 import os
 import platform
+import shutil
 import tempfile
 import threading
 import time
@@ -129,6 +132,7 @@ def main() -> None:
     parser.add_argument("--concurrent", type=int, default=2)
     parser.add_argument("--train-size", type=int, default=400)
     parser.add_argument("--out", type=Path, default=Path("benchmarks/out"))
+    parser.add_argument("--publish", action="store_true", help="copy the CSV and plot to docs/results/")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
@@ -148,6 +152,9 @@ def main() -> None:
     title = (f"{n}-trial density campaign, ProxyCNN width 8, {os.cpu_count()} CPUs, "
              f"{dt.date.today().isoformat()}")
     plot(df, args.out / "campaign_scale.png", title)
+    if args.publish:
+        for name in ("campaign_scale.csv", "campaign_scale.png"):
+            shutil.copy(args.out / name, Path("docs/results") / name)
     print(f"{title} ({platform.node()})")
     print(f"counts {result.counts}")
     width = max(len(k) for k in stats)

@@ -36,7 +36,7 @@ def main() -> None:
     parser.add_argument("--train", type=int, default=4000)
     parser.add_argument("--val", type=int, default=2000)
     parser.add_argument("--seeds", type=int, default=3)
-    parser.add_argument("--epochs", type=int, default=ProxyConfig.epochs)
+    parser.add_argument("--epochs", type=int, default=ProxyConfig().epochs)
     parser.add_argument("--out", type=Path, default=Path("benchmarks/out"))
     args = parser.parse_args()
     data = load_dataset(args.data)

@@ -32,7 +32,6 @@ import argparse
 import json
 import platform
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -173,7 +172,7 @@ def final_accuracy(policy: object, base: bool, data: ProxyData, args: argparse.N
     cfg = ProxyConfig(model=args.model, width=args.width, epochs=args.epochs, batch_size=args.batch_size,
                       lr=args.lr, seed=seed)
     model = cfg.build(data.num_classes, data.channels)
-    result = fit(model, data.train_x, data.train_y, config=replace(cfg.train_config(), eval_every=args.epochs),
+    result = fit(model, data.train_x, data.train_y, config=cfg.train_config(eval_every=args.epochs),
                  device=device, augment=build_augment(policy, base, epochs=args.epochs))  # schedules: stretched
     acc, _ = evaluate(model, data.val_x, data.val_y, device=device, mean=result.mean, std=result.std)
     return acc, result.seconds
@@ -232,7 +231,7 @@ def rank_agreement(args: argparse.Namespace, conds: dict, runs: pd.DataFrame, de
             continue
         # density scores the policy alone (no crop+flip), as the campaign does
         density = matcher.score(policy, seed=0, device=device) if policy is not None else matcher.clean_accuracy
-        proxy = train_proxy(policy, pdata, replace(pcfg, base_augment=base), device=device).final_val_acc
+        proxy = train_proxy(policy, pdata, pcfg.model_copy(update={"base_augment": base}), device=device).final_val_acc
         rows.append({"condition": name, "density_score": density, "proxy_score": proxy})
         pd.DataFrame(rows).to_csv(path, index=False)
     scores = pd.DataFrame(rows).set_index("condition")

@@ -42,8 +42,8 @@ from .objectives import OBJECTIVES, Objective, make_objective
 from .race import BASELINE_LABELS, Entry, RowLog, run_race
 from .session import Progress, prepare_data, ray_session, trial_dirname
 
-__all__ = ["calibration_panel", "run_calibration", "agreement", "calibration_folder", "find_calibration",
-           "CalibrationResult", "GRID_N", "GRID_M"]
+__all__ = ["calibration_panel", "run_calibration", "objective_spec", "agreement", "calibration_folder",
+           "find_calibration", "CalibrationResult", "GRID_N", "GRID_M"]
 
 GRID_N, GRID_M = (1, 2, 3), (5, 10, 15, 20, 25)
 PRESETS = ("crop_flip", "randaugment", "trivialaugment_wide", "autoaugment_cifar10")
@@ -105,8 +105,31 @@ class _ScoreRow:
                 "score": result["val_acc"], "val_se": result.get("val_se")}
 
 
-def _score(config: CampaignConfig, name: str, entries: Sequence[Entry], data: ProxyData, folder: Path) -> None:
+def objective_spec(config: CampaignConfig, spec: str) -> tuple[CampaignConfig, str]:
+    """``spec`` is an objective name, or ``finetune@P`` for the finetune objective with ``finetune.fraction``
+    P (so one calibration can measure which fraction ranks policies best). Returns the config to build the
+    objective from and the objective's name; a bad spec is a one-line ``ValueError``."""
+    name, _, fraction = spec.partition("@")
+    if name not in OBJECTIVES:
+        raise ValueError(f"objectives: unknown objective {name!r} (known: {', '.join(OBJECTIVES)}, finetune@P)")
+    if not fraction:
+        return config, name
+    if name != "finetune":
+        raise ValueError(f"objectives: only finetune takes a fraction (finetune@P), got {spec!r}")
+    try:
+        p = float(fraction)
+    except ValueError:
+        raise ValueError(f"objectives: {spec!r}: the fraction must be a number in (0, 1)") from None
+    try:
+        return validate_config({**config.model_dump(), "finetune": {**config.finetune.model_dump(),
+                                                                   "fraction": p}}), name
+    except ValueError as exc:
+        raise ValueError(f"objectives: {spec!r}: {exc}") from None
+
+
+def _score(config: CampaignConfig, spec: str, entries: Sequence[Entry], data: ProxyData, folder: Path) -> None:
     path = folder / SCORES_FILE
+    name = spec
     done = set()
     if path.is_file():
         prior = pd.read_csv(path)
@@ -114,7 +137,7 @@ def _score(config: CampaignConfig, name: str, entries: Sequence[Entry], data: Pr
     pending = [i for i, e in enumerate(entries) if e.label not in done]
     if not pending:
         return
-    objective = make_objective(config, name)
+    objective = make_objective(*objective_spec(config, spec))
     job = _ScoreJob(objective, tuple(e.policy for e in entries))
     trainable = tune.with_resources(tune.with_parameters(_score_trial, job=job, shared=objective.prepare(data)),
                                     {"cpu": config.resources.cpu, "gpu": config.resources.gpu})
@@ -165,8 +188,7 @@ def run_calibration(config: CampaignConfig | dict[str, Any], objectives: Sequenc
     """Measure each objective's rank agreement with full target training (see the module docstring)."""
     config = validate_config(config)
     for name in objectives:
-        if name not in OBJECTIVES:
-            raise ValueError(f"objectives: unknown objective {name!r} (known: {', '.join(OBJECTIVES)})")
+        objective_spec(config, name)
     if seeds < 2:
         raise ValueError(f"seeds: the noise ceiling needs >= 2 seeds, got {seeds}")
     folder = calibration_folder(config)
@@ -242,7 +264,9 @@ def find_calibration(config: CampaignConfig) -> dict[str, Any] | None:
             continue
         if doc.get("identity") != json.loads(json.dumps(_identity(config), default=str)):
             continue
+        names = {config.objective} | ({f"finetune@{config.finetune.fraction:g}"}
+                                      if config.objective == "finetune" else set())
         for row in doc.get("table", []):
-            if row.get("objective") == config.objective:
+            if row.get("objective") in names:
                 return {**row, "file": str(path)}
     return None

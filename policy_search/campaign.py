@@ -1,11 +1,13 @@
-"""The campaign loop: one Ray Tune experiment driven by OptunaSearch, results in ``<output>/<name>/``.
+"""The campaign loop: one Ray Tune experiment driven by :class:`CampaignSearch` (an Optuna study), results in
+``<output>/<name>/``.
 
 ``mode: pbt`` campaigns share the folder, config, data and Ray set-up here and run their population in
 :mod:`policy_search.pbt` (Ray's PopulationBasedTraining, no Optuna study).
 
-Folder layout: ``config.yaml`` (the validated config, secrets stripped), ``study.db`` (the Optuna study,
-unless ``storage`` names another database), ``splits.json``, ``tune/`` (Tune's experiment, restorable) and
-the result files written by :mod:`policy_search.results`.
+Folder layout: ``config.yaml`` (the validated config, secrets stripped), ``campaign_id`` (the campaign's id),
+``study.db`` (the Optuna study, unless ``storage`` names another database: there the study is
+``<name>-<id8>``, see :func:`policy_search.session.study_name`), ``splits.json``, ``tune/`` (Tune's experiment,
+restorable) and the result files written by :mod:`policy_search.results`.
 
 A trial that raises (invalid policy, ``TrainingDiverged``, out of memory) errors in Tune, is told to Optuna
 as FAIL and shows up in ``trials.csv`` with its error; the campaign still runs ``num_trials`` trials.
@@ -13,7 +15,10 @@ as FAIL and shows up in ``trials.csv`` with its error; the campaign still runs `
 
 from __future__ import annotations
 
+import logging
+import math
 import os
+import pickle
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -26,8 +31,8 @@ import optuna  # noqa: E402,I001  (after .session: it sets the Ray environment f
 import ray  # noqa: E402
 from optuna.trial import TrialState  # noqa: E402
 from ray import tune  # noqa: E402
+from ray.tune.result import TRAINING_ITERATION  # noqa: E402
 from ray.tune.search import Searcher  # noqa: E402
-from ray.tune.search.optuna import OptunaSearch  # noqa: E402
 
 from search_spaces import Policy, Schedule  # noqa: E402
 from search_spaces.spaces import SPACES_BY_NAME, baseline_params, grid_space, policy_from_params  # noqa: E402
@@ -37,30 +42,50 @@ from .config import CampaignConfig, validate_config  # noqa: E402
 from .objectives import Objective, make_objective  # noqa: E402
 from .pbt import fit_pbt  # noqa: E402
 from .race import RaceResult, race_entries, run_race  # noqa: E402
+from .reliability import (  # noqa: E402
+    CampaignInterrupted,
+    InterruptWatch,
+    StateSigner,
+    clear_trial_records,
+    guard_trainable,
+    log_resume,
+    mark_interrupted,
+    resume_plan,
+    set_tune_state_aside,
+    sign_tuner_file,
+    take_interrupted,
+    verify_tune_state,
+)
 from .results import ranked_trials, trial_policy, trials_table, write_results  # noqa: E402
 from .session import (
     RAY_ENV,
+    RERUN_ATTR,
     STALE_ATTR,
     STUDY_ATTR,
     TUNE_NAME,
     CampaignError,
     CampaignResult,
     Progress,
+    create_campaign_study,
     load_campaign_config,
     load_study,
     prepare_data,
     ray_session,
     save_config,
+    stale_numbers,
+    study_name,
     study_storage,
     trial_dirname,
     tune_dir,
 )
 from .tracking import tracking_callbacks  # noqa: E402
 
+logger = logging.getLogger(__name__)
+
 __all__ = ["CampaignResult", "CampaignError", "Progress", "TrialJob", "CampaignSearch", "run_campaign",
            "resume_campaign", "run_trial", "load_study", "load_campaign_config", "fail_stale_trials",
            "prepare_data", "ray_session", "tune_dir", "make_tuner", "make_trainable", "STUDY_ATTR", "STALE_ATTR",
-           "RAY_ENV", "TUNE_NAME"]
+           "RAY_ENV", "TUNE_NAME", "CampaignInterrupted"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -85,85 +110,146 @@ def run_trial(config: dict[str, Any], *, job: TrialJob, payload: Any) -> None:
     job.objective.run(policy, payload, lambda metrics: tune.report({**metrics, "node_id": node_id}))
 
 
-class CampaignSearch(OptunaSearch):
-    """OptunaSearch that (1) records the Tune trial id on each study trial, (2) tells Optuna the truth about
-    errored trials (FAIL, even after some reports) and ASHA-stopped ones (PRUNED, not COMPLETE) and (3) after
-    ``Tuner.restore`` reconciles Tune's snapshot with the study, which may be ahead of it (see :meth:`restore`)."""
+class CampaignSearch(Searcher):
+    """A Ray Tune searcher over one Optuna study, through public Ray and Optuna APIs only.
 
-    def __init__(self, *args: Any, max_t: int | None = None, num_trials: int | None = None, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
+    ``space`` is a define-by-run function ``fn(trial) -> None`` (or a dict of constants to add); each Tune trial
+    gets one study trial from ``study.ask()`` (enqueued ``points_to_evaluate`` come first), which records the Tune
+    trial id (user attr ``tune_trial_id``) and the reported metric per ``training_iteration``. Stopping early is
+    the scheduler's job (ASHA), not Optuna's. Each trial's end is told to Optuna truthfully: FAIL for an errored
+    trial (even after some reports) or a non-finite metric, PRUNED for one stopped before ``max_t`` (its reported
+    ``epoch``; Optuna takes the last reported value), else COMPLETE with the last reported metric.
+
+    The study lives in ``storage`` and outlasts the driver. After ``Tuner.restore`` (see :meth:`restore`) the
+    study may be ahead of Tune's last snapshot:
+
+    * a trial that finished after the snapshot, unknown to the restored experiment, stays in the study and counts
+      towards ``num_trials`` (``suggest`` returns FINISHED once the study makes up the request);
+    * a trial the snapshot knows as unfinished is run again by Tune: if the study finished it (COMPLETE or
+      PRUNED), that first result stands; if it is FAILed (:func:`fail_stale_trials`, or an error re-run with
+      ``resume_errored``) the re-run is added as a new study trial (user attr ``rerun_of``: the FAILed number).
+    """
+
+    def __init__(self, space: Callable[[optuna.Trial], dict[str, Any] | None], *, metric: str, mode: str,
+                 study_name: str, storage: optuna.storages.BaseStorage,
+                 sampler: optuna.samplers.BaseSampler | None = None,
+                 points_to_evaluate: list[dict[str, Any]] | None = None, max_t: int | None = None,
+                 num_trials: int | None = None) -> None:
+        super().__init__(metric=metric, mode=mode)
+        self._space = space
+        self._study_name = study_name
+        self._study_storage = storage
+        self._sampler = sampler or optuna.samplers.TPESampler()
         self._max_t = max_t
         self._num_trials = num_trials
+        self._numbers: dict[str, int] = {}  # Tune trial id -> study trial number
+        self._told: set[str] = set()  # Tune trials whose end the study knows
+        self._reports: dict[str, dict[int, float]] = {}  # re-runs after restore: their reports, kept for the end
         self._recovered = 0  # study trials that finished after Tune's last snapshot, unknown to Tune
-        self._finished_in_study: set[str] = set()  # Tune trials to re-run whose study trial already finished
+        self._study: optuna.Study | None = None  # not pickled: reopened from storage
+        self._live: dict[str, optuna.Trial] = {}  # trials asked by this driver (a restored one has none)
+        for point in points_to_evaluate or ():
+            self.study.enqueue_trial(point, skip_if_exists=True)
 
-    def restore(self, checkpoint_path: str) -> None:
-        """Restore the searcher state of Tune's last snapshot, then reconcile it with the study.
+    @property
+    def study(self) -> optuna.Study:
+        """The Optuna study (created if it does not exist)."""
+        if self._study is None:
+            self._study = optuna.create_study(
+                study_name=self._study_name, storage=self._study_storage, sampler=self._sampler,
+                pruner=optuna.pruners.NopPruner(), load_if_exists=True,
+                direction="maximize" if self.mode == "max" else "minimize")
+        return self._study
 
-        A trial that finished after the snapshot is either unknown to the restored Tune experiment (it stays in
-        the study, ``trials.csv`` lists it from there and it counts towards ``num_trials``) or known to it as
-        unfinished (Tune runs it again; the study keeps its first result, see :meth:`_record_rerun`).
-        """
-        super().restore(checkpoint_path)
-        trials = self._ot_study.get_trials(deepcopy=False)
-        state = {t._trial_id: t.state for t in trials}
-        self._recovered = sum(1 for t in trials if t.state.is_finished() and not t.user_attrs.get(STALE_ATTR)
-                              and t.user_attrs.get(STUDY_ATTR) not in self._ot_trials)
-        self._finished_in_study = {tid for tid, ot in self._ot_trials.items() if tid not in self._completed_trials
-                                   and state.get(ot._trial_id, TrialState.RUNNING).is_finished()}
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_study": None, "_live": {}}
 
-    def suggest(self, trial_id: str) -> dict | str | None:
-        total = getattr(self, "_num_trials", None)
-        if (total is not None and trial_id not in self._ot_trials
-                and len(self._ot_trials) + getattr(self, "_recovered", 0) >= total):
-            return Searcher.FINISHED  # trials recovered from the study already make up the request
-        cfg = super().suggest(trial_id)
-        if trial_id in self._ot_trials:
-            self._ot_trials[trial_id].set_user_attr(STUDY_ATTR, trial_id)
-        return cfg
+    def set_search_properties(self, metric: str | None, mode: str | None, config: dict, **spec: Any) -> bool:
+        return False  # the space, metric and mode are set at construction
+
+    def suggest(self, trial_id: str) -> dict[str, Any] | str | None:
+        if trial_id in self._numbers:  # asked before: the same parameters
+            live = self._live.get(trial_id)
+            return live.params if live is not None else self._frozen(self._numbers[trial_id]).params
+        if self._num_trials is not None and len(self._numbers) + self._recovered >= self._num_trials:
+            return Searcher.FINISHED  # with the trials recovered from the study, the request is made up
+        trial = self.study.ask()
+        try:
+            constants = self._space(trial)
+        except Exception:
+            self.study.tell(trial, state=TrialState.FAIL)
+            raise
+        trial.set_user_attr(STUDY_ATTR, trial_id)
+        self._numbers[trial_id] = trial.number
+        self._live[trial_id] = trial
+        return {**trial.params, **(constants or {})}
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
-        if trial_id in getattr(self, "_finished_in_study", ()):
-            return  # a re-run of a trial the study already finished: it takes no more reports
-        super().on_trial_result(trial_id, result)
+        value, step = result.get(self.metric), result.get(TRAINING_ITERATION)
+        if trial_id in self._told or trial_id not in self._numbers or value is None or step is None:
+            return
+        live = self._live.get(trial_id)
+        if live is not None:
+            live.report(float(value), int(step))
+        else:
+            self._reports.setdefault(trial_id, {})[int(step)] = float(value)
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
-        if trial_id in self._ot_trials and trial_id not in self._completed_trials:
-            ot_trial = self._ot_trials[trial_id]
-            if self._ot_study._storage.get_trial(ot_trial._trial_id).state.is_finished():
-                self._record_rerun(trial_id, ot_trial, result, error)  # failed by resume, then re-run
-                return
-            state = None
-            if error:
-                state = TrialState.FAIL
-            elif self._max_t and result and result.get("epoch", self._max_t) < self._max_t:
-                state = TrialState.PRUNED
-            if state is not None:
-                try:
-                    self._ot_study.tell(self._ot_trials[trial_id], state=state, skip_if_finished=True)
-                except Exception:  # noqa: BLE001 - same tolerance as OptunaSearch
-                    pass
-                self._completed_trials.add(trial_id)
-                return
-        super().on_trial_complete(trial_id, result=result, error=error)
-
-    def _record_rerun(self, trial_id: str, ot_trial: optuna.Trial, result: dict | None, error: bool) -> None:
-        """A trial re-run after ``Tuner.restore`` finished. If the study already has its result (it finished
-        after Tune's last snapshot), that first result stands; if :func:`fail_stale_trials` FAILed it, the
-        re-run's result is added as a new study trial."""
-        frozen = self._ot_study._storage.get_trial(ot_trial._trial_id)
-        if frozen.state in (TrialState.COMPLETE, TrialState.PRUNED):
-            self._completed_trials.add(trial_id)
+        if trial_id in self._told or trial_id not in self._numbers:
             return
-        value = None if (error or not result) else result.get(self.metric)
-        pruned = bool(self._max_t and result and result.get("epoch", self._max_t) < self._max_t)
-        state = TrialState.FAIL if value is None else (TrialState.PRUNED if pruned else TrialState.COMPLETE)
-        self._ot_study.add_trial(optuna.trial.create_trial(
+        self._told.add(trial_id)
+        state, value = self._outcome(result, error)
+        if self._live.pop(trial_id, None) is not None:
+            self._tell(self._numbers[trial_id], state, value)
+        else:
+            self._record_rerun(trial_id, state, value)
+
+    def save(self, checkpoint_path: str) -> None:
+        with open(checkpoint_path, "wb") as f:
+            pickle.dump(self.__getstate__(), f)
+
+    def restore(self, checkpoint_path: str) -> None:
+        """Restore the state of Tune's last snapshot, then reconcile it with the study: count the trials that
+        finished in the study after the snapshot, unknown to it (not those FAILed as stale by resume)."""
+        with open(checkpoint_path, "rb") as f:
+            self.__dict__.update(pickle.load(f))
+        stale = stale_numbers(self.study)
+        self._recovered = sum(1 for t in self.study.get_trials(deepcopy=False)
+                              if t.state.is_finished() and t.number not in stale
+                              and t.user_attrs.get(STUDY_ATTR) not in self._numbers)
+
+    def _outcome(self, result: dict | None, error: bool) -> tuple[TrialState, float | None]:
+        value = (result or {}).get(self.metric)
+        if error or (value is not None and not math.isfinite(float(value))):
+            return TrialState.FAIL, None
+        if value is None or (self._max_t and (result or {}).get("epoch", self._max_t) < self._max_t):
+            return TrialState.PRUNED, None
+        return TrialState.COMPLETE, float(value)
+
+    def _tell(self, number: int, state: TrialState, value: float | None) -> None:
+        try:
+            self.study.tell(number, value, state=state, skip_if_finished=True)
+        except Exception as exc:  # noqa: BLE001 - a storage hiccup must not end the experiment
+            logger.warning("could not tell study trial %d %s: %s", number, state.name, exc)
+
+    def _frozen(self, number: int) -> optuna.trial.FrozenTrial:
+        return next(t for t in self.study.get_trials(deepcopy=False) if t.number == number)
+
+    def _record_rerun(self, trial_id: str, state: TrialState, value: float | None) -> None:
+        """A trial re-run after ``Tuner.restore`` ended (see the class docstring)."""
+        reports = self._reports.pop(trial_id, {})
+        frozen = self._frozen(self._numbers[trial_id])
+        if frozen.state == TrialState.RUNNING:  # restored without failing the stale trials first
+            self._tell(frozen.number, state, value)
+            return
+        if frozen.state in (TrialState.COMPLETE, TrialState.PRUNED):
+            return  # finished after Tune's last snapshot: the first result stands
+        if state == TrialState.PRUNED and reports:
+            value = reports[max(reports)]  # what Optuna records for a trial told PRUNED
+        self.study.add_trial(optuna.trial.create_trial(
             params=frozen.params, distributions=frozen.distributions, state=state,
-            value=value if state == TrialState.COMPLETE else None,
-            intermediate_values={int(result["training_iteration"]): value} if value is not None and result else None,
-            user_attrs={**frozen.user_attrs, STUDY_ATTR: trial_id, "rerun_of": frozen.number}))
-        self._completed_trials.add(trial_id)
+            value=None if state == TrialState.FAIL else value, intermediate_values=reports or None,
+            user_attrs={**frozen.user_attrs, STUDY_ATTR: trial_id, RERUN_ATTR: frozen.number}))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -187,27 +273,46 @@ def make_trainable(config: CampaignConfig, proxy_data: ProxyData, objective: Obj
                                resources)
 
 
-def make_tuner(config: CampaignConfig, trainable: Any, objective: Objective | None = None) -> tune.Tuner:
-    """The search experiment: OptunaSearch (TPE, random or grid) over the config's space, the objective's
-    scheduler, ``num_trials`` trials."""
+def make_tuner(config: CampaignConfig, trainable: Any, objective: Objective | None = None,
+               continue_study: bool = False) -> tune.Tuner:
+    """The search experiment: :class:`CampaignSearch` (TPE, random or grid) over the config's space on the
+    campaign's study, the objective's scheduler, ``num_trials`` trials (``continue_study``: the trials the study
+    still lacks; its finished ones count, the stale ones do not), each under the trial guard
+    (:func:`~policy_search.reliability.guard_trainable`: ``trial_timeout_s``, ``max_failures`` retries of dead
+    workers only), with the Ctrl-C watch and the state signer (:mod:`policy_search.reliability`)."""
     objective = objective or make_objective(config)
     opts = dict(config.space_options)
+    num_trials = max(1, _missing_trials(config)) if continue_study else config.num_trials
     searcher = CampaignSearch(
-        space=partial(SPACES_BY_NAME[config.space], **opts), metric="val_acc", mode="max",
-        sampler=_sampler(config), storage=study_storage(config), study_name=config.name, max_t=objective.max_t,
-        num_trials=config.num_trials,
+        partial(SPACES_BY_NAME[config.space], **opts), metric="val_acc", mode="max",
+        sampler=_sampler(config), storage=study_storage(config), study_name=study_name(config),
+        max_t=objective.max_t, num_trials=num_trials,
         points_to_evaluate=[baseline_params(config.space, b, **opts) for b in config.resolved_baselines()] or None,
     )
-    return tune.Tuner(
-        trainable,
+    tuner = tune.Tuner(
+        guard_trainable(config, trainable),
         tune_config=tune.TuneConfig(search_alg=searcher, scheduler=objective.scheduler(), metric="val_acc",
-                                    mode="max", num_samples=config.num_trials,
-                                    max_concurrent_trials=config.max_concurrent,
+                                    mode="max", num_samples=num_trials,
+                                    max_concurrent_trials=min(config.max_concurrent, num_trials),
                                     trial_dirname_creator=trial_dirname, reuse_actors=config.reuse_actors),
         run_config=tune.RunConfig(name=TUNE_NAME, storage_path=str(config.folder),
-                                  failure_config=tune.FailureConfig(max_failures=0), verbose=0,
-                                  callbacks=tracking_callbacks(config, "search")),
+                                  failure_config=tune.FailureConfig(max_failures=config.max_failures), verbose=0,
+                                  callbacks=[*tracking_callbacks(config, "search"), InterruptWatch(config.folder),
+                                             StateSigner(config.folder)]),
     )
+    sign_tuner_file(config.folder)  # written by tune.Tuner just now
+    return tuner
+
+
+def _missing_trials(config: CampaignConfig) -> int:
+    """Trials the campaign's study still lacks for ``num_trials`` (its finished, non-stale ones count)."""
+    try:
+        study = load_study(config)
+    except KeyError:
+        return config.num_trials
+    stale = stale_numbers(study)
+    done = sum(1 for t in study.get_trials(deepcopy=False) if t.state.is_finished() and t.number not in stale)
+    return max(0, config.num_trials - done)
 
 
 @contextmanager
@@ -221,7 +326,7 @@ def _watch(config: CampaignConfig, on_progress: Callable[[Progress], None] | Non
 
     def snapshot() -> None:
         try:
-            trials = optuna.load_study(study_name=config.name, storage=storage).get_trials(deepcopy=False)
+            trials = load_study(config, storage).get_trials(deepcopy=False)  # this campaign's study only
         except Exception:  # noqa: BLE001 - the study may not exist yet
             return
         done = [t for t in trials if t.state.is_finished()]
@@ -262,28 +367,44 @@ def _confirm(config: CampaignConfig, grid: Any, proxy_data: ProxyData,
 
 
 def _search(config: CampaignConfig, proxy_data: ProxyData, data: Any, t0: float,
-            on_progress: Callable[[Progress], None] | None, restore: bool, resume_errored: bool = False
-            ) -> CampaignResult:
+            on_progress: Callable[[Progress], None] | None, restore: bool, resume_errored: bool = False,
+            continue_study: bool = False) -> CampaignResult:
     with ray_session(config):
         objective = make_objective(config)
         trainable = make_trainable(config, proxy_data, objective)
         if restore:
-            tuner = tune.Tuner.restore(str(tune_dir(config.folder)), trainable=trainable,
+            tuner = tune.Tuner.restore(str(tune_dir(config.folder)), trainable=guard_trainable(config, trainable),
                                        resume_errored=resume_errored)
-        else:
-            tuner = make_tuner(config, trainable, objective)  # creates the study before the watcher reads it
+        elif continue_study and not _missing_trials(config):
+            tuner = None  # the study already holds num_trials finished trials
+        else:  # creates the study before the watcher reads it
+            tuner = make_tuner(config, trainable, objective, continue_study=continue_study)
         with _watch(config, on_progress, t0):
-            grid = tuner.fit()
+            grid = tuner.fit() if tuner is not None else []
+        interrupted = take_interrupted(config.folder)
+        if interrupted is not None:  # Ctrl-C: no race; the results so far, then one line on how to resume
+            fail_stale_trials(config)
+            df = mark_interrupted(trials_table(config, grid, load_study(config)), interrupted)
+            write_results(config, df, data, wall_s=time.monotonic() - t0)
+            raise CampaignInterrupted(f"interrupted: {len(interrupted)} unfinished trial(s) marked INTERRUPTED, "
+                                      f"results so far in {config.folder}; continue with: policy-search resume "
+                                      f"{config.folder}")
         df, race = _confirm(config, grid, proxy_data, on_progress, t0)
     return write_results(config, df, data, wall_s=time.monotonic() - t0, race=race)
 
 
 def run_campaign(config: CampaignConfig | dict[str, Any],
-                 on_progress: Callable[[Progress], None] | None = None) -> CampaignResult:
-    """Run a new campaign to completion (search, then the confirmation race) and write its results."""
+                 on_progress: Callable[[Progress], None] | None = None, attach: bool = False) -> CampaignResult:
+    """Run a new campaign to completion (search, then the confirmation race) and write its results.
+
+    A search campaign gets a campaign id (file ``campaign_id`` in its folder) and its own study (see
+    :func:`policy_search.session.create_campaign_study`); a study of another campaign of the same name in the
+    ``storage`` database is refused unless ``attach`` (then the two run side by side, each on its own study)."""
     config = validate_config(config)
     if tune.Tuner.can_restore(str(tune_dir(config.folder))):
         raise CampaignError(f"campaign {config.folder} already exists; resume it or pick another name")
+    if config.mode != "pbt":  # PBT runs without Optuna
+        create_campaign_study(config, attach=attach)
     config.folder.mkdir(parents=True, exist_ok=True)
     save_config(config)
     t0 = time.monotonic()
@@ -294,33 +415,63 @@ def run_campaign(config: CampaignConfig | dict[str, Any],
 
 
 def fail_stale_trials(config: CampaignConfig) -> int:
-    """Mark RUNNING study trials FAIL (a killed driver leaves them); returns how many. No run may be active."""
+    """Tell FAIL for the RUNNING trials of the campaign's study (a killed driver leaves them) and list their
+    numbers in the study user attr ``stale_trials``; returns how many. No run of the campaign may be active."""
     try:
         study = load_study(config)
     except KeyError:
         return 0
-    stale = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
-    for t in stale:
-        study._storage.set_trial_user_attr(t._trial_id, STALE_ATTR, True)
-        study.tell(t.number, state=TrialState.FAIL, skip_if_finished=True)
+    stale = [t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))]
+    if stale:
+        study.set_user_attr(STALE_ATTR, sorted(stale_numbers(study) | set(stale)))  # before FAIL: no unmarked FAIL
+    for number in stale:
+        study.tell(number, state=TrialState.FAIL, skip_if_finished=True)
     return len(stale)
 
 
 def resume_campaign(folder: str | os.PathLike, resume_errored: bool = False, ray_address: str | None = None,
-                    on_progress: Callable[[Progress], None] | None = None) -> CampaignResult:
+                    on_progress: Callable[[Progress], None] | None = None, trust: bool = False,
+                    from_study: bool = False) -> CampaignResult:
     """Finish an interrupted campaign: FAIL stale RUNNING study trials, ``Tuner.restore`` and fit, then run
-    (or finish: runs already in ``race_runs.csv`` are kept) the confirmation race."""
+    (or finish: runs already in ``race_runs.csv`` are kept) the confirmation race.
+
+    ``config.yaml`` is compared with the config the campaign started with (:func:`~policy_search.reliability.
+    resume_plan`): changes to what the finished trials mean are refused; the others apply, and are logged in
+    ``resume_log.jsonl``. Tune's saved state is restored only if its signatures match
+    (:func:`~policy_search.reliability.verify_tune_state`; ``trust`` skips the check). A change Tune cannot apply
+    to its saved experiment (``num_trials``, ``max_concurrent``, ``resources``, ``max_failures``, ...) or
+    ``from_study`` continues the campaign from its study in a new Tune experiment instead: the study's finished
+    trials count, its unfinished ones are FAILed (stale) and replaced."""
     config = load_campaign_config(folder)
     if ray_address:
         config = validate_config({**config.model_dump(), "ray_address": ray_address})
     exp = tune_dir(config.folder)
-    if not tune.Tuner.can_restore(str(exp)):
+    restorable = tune.Tuner.can_restore(str(exp))
+    set_aside = config.mode != "pbt" and any(exp.glob("superseded-*"))  # a continuation that did not start yet
+    if not restorable and not set_aside:
         raise CampaignError(f"{folder}: nothing to resume (no Tune experiment in {exp})")
-    if config.mode == "pbt":  # no study: PBT runs without Optuna
+    plan = resume_plan(config, from_study=(from_study or not restorable) and config.mode != "pbt")
+    if config.mode == "pbt":  # no study: PBT runs without Optuna (its Tune state is not signed)
+        log_resume(config, plan, "not checked (pbt)")
         t0 = time.monotonic()
         _, _, proxy_data = prepare_data(config)
         return fit_pbt(config, proxy_data, t0, on_progress, restore=True, resume_errored=resume_errored)
+    if plan.how == "continue" and resume_errored:
+        raise CampaignError(f"--retry-errored re-runs the errored trials of Tune's saved experiment, but this resume "
+                            f"continues from the study ({plan.reason})")
+    if plan.how == "restore" and not trust:
+        verify_tune_state(config.folder)
+    clear_trial_records(config.folder)
     fail_stale_trials(config)
+    if plan.how == "continue":
+        set_tune_state_aside(config.folder)
+        if "num_trials" in plan.changes:  # the ranking may change: the race starts over
+            for name in ("race_runs.csv", "race.csv"):
+                if (config.folder / name).is_file():
+                    (config.folder / name).rename(config.folder / f"{name[:-4]}.before-resume-{int(time.time())}.csv")
+    log_resume(config, plan, "not used" if plan.how == "continue" else ("not checked (--trust)" if trust
+                                                                         else "signatures match"))
     t0 = time.monotonic()
     data, _, proxy_data = prepare_data(config)
-    return _search(config, proxy_data, data, t0, on_progress, restore=True, resume_errored=resume_errored)
+    return _search(config, proxy_data, data, t0, on_progress, restore=plan.how == "restore",
+                   resume_errored=resume_errored, continue_study=plan.how == "continue")

@@ -30,6 +30,7 @@ def _own_errors() -> tuple[type[BaseException], ...]:
     """This project's one-line errors: their message is shown as it is."""
     from search_spaces import PolicyError
     from search_spaces.export import ExportError
+    from search_spaces.files import FileWriteError
     from trainers.data import DataError
     from trainers.engine import TrainingDiverged
     from trainers.pipelines import PipelineError
@@ -37,7 +38,16 @@ def _own_errors() -> tuple[type[BaseException], ...]:
     from .campaign import CampaignError
     from .config import ConfigError
 
-    return (ConfigError, PolicyError, DataError, ExportError, CampaignError, PipelineError, TrainingDiverged)
+    return (ConfigError, PolicyError, DataError, ExportError, CampaignError, PipelineError, TrainingDiverged,
+            FileWriteError)
+
+
+def _interrupted() -> tuple[type[BaseException], ...]:
+    """``CampaignInterrupted`` (a campaign stopped cleanly by Ctrl-C), if a campaign ran at all."""
+    import sys
+
+    reliability = sys.modules.get("policy_search.reliability")
+    return (reliability.CampaignInterrupted,) if reliability is not None else ()
 
 
 def _database_errors() -> tuple[type[BaseException], ...]:
@@ -84,16 +94,40 @@ def _error_line(exc: BaseException) -> str:
     return f"{kind}: {text}" if text else kind
 
 
-def _guard(debug: bool, fn: Callable[[], Any]) -> Any:
+def _guard(debug: bool, fn: Callable[[], Any], on_interrupt: Callable[[], str] | None = None) -> Any:
     """Run ``fn``; expected errors (see :func:`_expected_errors`) become one red line and exit code 2 unless
-    ``debug``, which re-raises them with their traceback."""
+    ``debug``, which re-raises them with their traceback. A Ctrl-C (a campaign that stopped cleanly, or a
+    ``KeyboardInterrupt`` elsewhere) is one yellow line saying how to go on (``on_interrupt``), exit code 130."""
     try:
         return fn()
+    except KeyboardInterrupt:
+        if debug:
+            raise
+        hint = on_interrupt() if on_interrupt is not None else ""
+        err_console.print(f"interrupted (Ctrl-C){'; ' + hint if hint else ''}", style="yellow", markup=False,
+                          highlight=False, soft_wrap=True)
+        raise typer.Exit(130) from None
     except _expected_errors() as exc:
         if debug:
             raise
+        if isinstance(exc, _interrupted()):  # stopped cleanly: results written, the line says how to resume
+            err_console.print(_first_line(exc), style="yellow", markup=False, highlight=False, soft_wrap=True)
+            raise typer.Exit(130) from None
         err_console.print(f"error: {_error_line(exc)}", style="red", markup=False, highlight=False, soft_wrap=True)
         raise typer.Exit(2) from None
+
+
+def _resume_hint(folder: list[Path]) -> Callable[[], str]:
+    """What to do after a Ctrl-C outside a clean stop: resume the campaign in ``folder[0]`` (set once known)."""
+
+    def hint() -> str:
+        from .session import tune_dir
+
+        if folder and (tune_dir(folder[0]) / "tuner.pkl").is_file():
+            return f"continue with: policy-search resume {folder[0]}"
+        return "nothing to resume yet: run the command again"
+
+    return hint
 
 
 def _campaign_folder(campaign: str, output: Path) -> Path:
@@ -197,10 +231,14 @@ def run(
     mode: Annotated[str | None, typer.Option(help="search (Optuna + ASHA) | pbt (PBA-style schedule).")] = None,
     population: Annotated[int | None, typer.Option(help="pbt: population size.")] = None,
     interval: Annotated[int | None, typer.Option(help="pbt: epochs between perturbations.")] = None,
+    attach: Annotated[bool, typer.Option(help="Run beside another campaign of this name in the --storage "
+                                              "database (each keeps its own study).")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
     debug: Debug = False,
 ) -> None:
     """Run a campaign (no options: the quick-start on the bundled sample)."""
+
+    where: list[Path] = []
 
     def go() -> None:
         from .campaign import run_campaign
@@ -216,15 +254,16 @@ def run(
                      "target.epochs": target_epochs, "target.width": target_width, "race.seeds": race_seeds,
                      "race.enabled": race}
         cfg = load_config(config, overrides)
+        where.append(cfg.folder)
         _quiet_libraries()
+        t = cfg.target
+        plan = (f"race: top {cfg.race.top_k} vs {len(cfg.race.baselines)} baselines x {cfg.race.seeds} seeds"
+                if cfg.race.enabled else "no race")
         if cfg.mode == "pbt":
             console.print(f"campaign [bold]{cfg.name}[/]: pbt, population {cfg.pbt.population_size}, "
-                          f"{cfg.proxy.epochs} epochs, perturbation every {cfg.pbt.perturbation_interval} "
-                          f"-> {cfg.folder}")
+                          f"{cfg.proxy.epochs} epochs, perturbation every {cfg.pbt.perturbation_interval}; "
+                          f"target {t.model} w{t.width} {t.epochs} epochs; {plan} -> {cfg.folder}")
         else:
-            t = cfg.target
-            plan = (f"race: top {cfg.race.top_k} vs {len(cfg.race.baselines)} baselines x {cfg.race.seeds} seeds"
-                    if cfg.race.enabled else "no race")
             console.print(f"campaign [bold]{cfg.name}[/]: {cfg.num_trials} trials, {cfg.space} space, "
                           f"{cfg.objective} objective, {cfg.sampler} sampler; target {t.model} w{t.width} "
                           f"{t.epochs} epochs; {plan} -> {cfg.folder}")
@@ -236,19 +275,20 @@ def run(
                           f"{known['spearman']:+.2f} (95% CI [{known['ci_low']:+.2f}, {known['ci_high']:+.2f}], "
                           f"{known['policies']} policies)", highlight=False)
         if quiet:
-            result = run_campaign(cfg)
+            result = run_campaign(cfg, attach=attach)
         else:
             with _ProgressView(*_progress_total(cfg)) as view:
-                result = run_campaign(cfg, on_progress=view)
+                result = run_campaign(cfg, on_progress=view, attach=attach)
         _report(result)
 
-    _guard(debug, go)
+    _guard(debug, go, _resume_hint(where))
 
 
 @app.command()
 def calibrate(
     config: Annotated[Path | None, typer.Option("--config", "-c", help="YAML campaign config.")] = None,
-    objective: Annotated[list[str] | None, typer.Option(help="Objective to calibrate (repeatable).")] = None,
+    objective: Annotated[list[str] | None, typer.Option(
+        help="Objective to calibrate (repeatable); finetune@P scores finetune with fraction P.")] = None,
     seeds: Annotated[int, typer.Option(help="Seeds of the full-training reference (>= 2).")] = 2,
     random_policies: Annotated[int, typer.Option(help="Random draws from the space, besides presets and grid.")] = 6,
     output: Annotated[Path | None, typer.Option("--output", "-o", help="Folder holding campaigns.")] = None,
@@ -287,18 +327,24 @@ def resume(
     output: Output = Path("results"),
     address: Annotated[str | None, typer.Option(help="Join this Ray cluster.")] = None,
     retry_errored: Annotated[bool, typer.Option(help="Re-run trials that errored.")] = False,
+    trust: Annotated[bool, typer.Option(help="Restore Ray Tune's saved state even if its signatures do not match "
+                                             "(it is unpickled: only for folders you trust).")] = False,
+    from_study: Annotated[bool, typer.Option(help="Continue from the study alone, in a new Tune experiment "
+                                                  "(Tune's saved state is set aside, not read).")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
     debug: Debug = False,
 ) -> None:
     """Finish an interrupted campaign (stale RUNNING trials are marked FAIL first)."""
+    where: list[Path] = []
 
     def go() -> None:
         from .campaign import load_campaign_config, resume_campaign
 
         folder = _campaign_folder(campaign, output)
+        where.append(folder)
         total = _progress_total(load_campaign_config(folder))
         _quiet_libraries()
-        kwargs = {"resume_errored": retry_errored, "ray_address": address}
+        kwargs = {"resume_errored": retry_errored, "ray_address": address, "trust": trust, "from_study": from_study}
         if quiet:
             result = resume_campaign(folder, **kwargs)
         else:
@@ -306,7 +352,7 @@ def resume(
                 result = resume_campaign(folder, on_progress=view, **kwargs)
         _report(result)
 
-    _guard(debug, go)
+    _guard(debug, go, _resume_hint(where))
 
 
 @app.command()
@@ -384,6 +430,8 @@ def _pbt_status(folder: Path, cfg: Any) -> None:
         console.print(f"best val_acc {summary['best_score']} (member {summary['best_member']}); "
                       f"{summary['perturbations']} perturbations; wall {summary['wall_s']} s")
         console.print(f"lineage: {lineage or '-'}")
+        if summary.get("race"):
+            _race_table(summary["race"], f"confirmation race (seeds {summary['race']['seeds']})")
 
 
 def _cell(value: Any) -> str:

@@ -24,7 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from search_spaces import PolicyError
 from search_spaces.policy import one_line
 from search_spaces.spaces import SPACES_BY_NAME, baseline_params, check_ops, grid_space
-from trainers.proxy import ProxyConfig
+from trainers.settings import TrainingKnobs  # the trainers' knobs: the proxy budget and the target recipe
 
 __all__ = ["CampaignConfig", "TrainingKnobs", "ProxyBudget", "TargetRecipe", "FinetuneOptions", "RaceOptions",
            "PBTOptions", "Resources", "ConfigError", "load_config", "validate_config", "PASSWORD_ENV",
@@ -58,27 +58,10 @@ class Resources(_Model):
         return v
 
 
-_P = ProxyConfig  # one source for the proxy defaults
-
-
-class TrainingKnobs(_Model):
-    """What a training run is made of (the fields of :class:`trainers.proxy.ProxyConfig` but the seed, which
-    comes from the campaign); the proxy budget and the target recipe are both trainings."""
-
-    model: str = _P.model
-    width: int = Field(_P.width, ge=1)
-    depth: int = Field(_P.depth, ge=1)
-    epochs: int = Field(_P.epochs, ge=1)
-    batch_size: int = Field(_P.batch_size, ge=1)
-    lr: float = Field(_P.lr, gt=0)
-    weight_decay: float = Field(_P.weight_decay, ge=0)
-    label_smoothing: float = Field(_P.label_smoothing, ge=0, lt=1)
-    base_augment: bool = _P.base_augment  # crop+flip before every candidate policy
-
-
 class ProxyBudget(TrainingKnobs):
-    """The short proxy (``objective: proxy``, density fold models, PBT members). Defaults are ProxyConfig's,
-    except ``epochs``: 5, short enough for a 10-trial campaign in about a minute and a half on 2 CPU cores."""
+    """The short proxy (``objective: proxy``, density fold models, PBT members). Defaults are the trainers'
+    (:class:`trainers.settings.TrainingKnobs`, without a seed: it comes from the campaign), except ``epochs``:
+    5, short enough for a 10-trial campaign in about a minute and a half on 2 CPU cores."""
 
     epochs: int = Field(5, ge=1)
 
@@ -148,6 +131,7 @@ class CampaignConfig(_Model):
     decode_size: int | None = Field(None, ge=8, le=4096)  # scale images to this size at decode (large photos)
     train_size: int = Field(2000, ge=10)
     val_size: int | None = Field(None, ge=10)  # None: every image not in train, at most MAX_DEFAULT_VAL
+    val_folds: int = Field(1, ge=1, le=20)  # >1: K-fold validation over train + val (small sources)
     space: Literal["randaugment", "randaugment_plus", "autoaugment", "custom"] = "randaugment_plus"
     space_options: dict[str, Any] = Field(default_factory=dict)
     objective: Literal["finetune", "full", "proxy", "density"] = "finetune"
@@ -168,6 +152,8 @@ class CampaignConfig(_Model):
     baselines: list[str] | None = None  # None: the space's natural baseline (RandAugment(2, 9) for randaugment)
     top_k: int = Field(3, ge=1)
     reuse_actors: bool = True  # run trials in reused Ray workers (False: a fresh worker process per trial)
+    trial_timeout_s: float | None = Field(None, gt=0)  # a search trial running longer fails: "timed out after N s"
+    max_failures: int = Field(1, ge=0)  # retries of a search trial whose worker process died (not of its errors)
     tracking: list[Literal["mlflow", "wandb"]] = Field(default_factory=list)  # besides TensorBoard (always)
     dashboard: bool = False  # start the Ray dashboard with a local Ray (http://127.0.0.1:8265)
 
@@ -224,6 +210,9 @@ class CampaignConfig(_Model):
             if not 1 <= shared < self.target.epochs:
                 raise ValueError(f"finetune.fraction: {self.finetune.fraction} of target.epochs ({self.target.epochs}) "
                                  f"leaves {shared} shared epochs; need 1..{self.target.epochs - 1}")
+        if self.val_folds > 1 and (self.mode == "pbt" or self.objective == "density"):
+            what = "pbt mode" if self.mode == "pbt" else "the density objective (it has density_k folds)"
+            raise ValueError(f"val_folds: {what} does not take K-fold validation; use val_folds 1")
         limit = self.pbt.population_size if self.mode == "pbt" else self.num_trials
         if self.max_concurrent > limit:
             self.__dict__["max_concurrent"] = limit

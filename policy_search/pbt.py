@@ -41,6 +41,7 @@ from trainers.plotting import pyplot
 from trainers.proxy import ProxyConfig, ProxyData, train_proxy
 
 from .config import CampaignConfig
+from .race import RaceResult, race_entries, run_race
 from .session import (
     TUNE_NAME,
     CampaignResult,
@@ -54,6 +55,7 @@ from .session import (
 )
 
 __all__ = ["MemberJob", "PBAExplore", "run_member", "fit_pbt", "write_pbt_results", "population_table",
+           "ranked_members", "member_schedule",
            "member_table", "schedule_from_history", "plot_schedule"]
 
 STATE_FILE, HISTORY_FILE = "state.pt", "history.json"
@@ -224,7 +226,13 @@ def fit_pbt(config: CampaignConfig, proxy_data: ProxyData, t0: float,
         else:
             tuner = _tuner(config, trainable)
         grid = tuner.fit()
-    return write_pbt_results(config, grid, wall_s=time.monotonic() - t0)
+        race = None
+        if config.race.enabled:  # the best schedules against the baselines at the target recipe
+            searched = [(f"rank{rank}", schedule) for rank, schedule in enumerate(
+                (member_schedule(config, result)[0] for result in ranked_members(config, grid)[: config.race.top_k]),
+                start=1)]
+            race = run_race(config, race_entries(config, searched), proxy_data, on_progress=on_progress, t0=t0)
+    return write_pbt_results(config, grid, wall_s=time.monotonic() - t0, race=race)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -322,9 +330,28 @@ def _history(result: Any) -> list[dict[str, Any]]:
         return json.loads((Path(folder) / HISTORY_FILE).read_text())
 
 
-def write_pbt_results(config: CampaignConfig, grid: Any, wall_s: float) -> CampaignResult:
+def ranked_members(config: CampaignConfig, grid: Any) -> list[Any]:
+    """The finished members' Tune results, best final ``val_acc`` first (failed members left out)."""
+    members = member_table(population_table(config.folder), config.proxy.epochs)
+    results = {Path(r.path).name: r for r in grid}
+    ranked = members[(members["status"] == "COMPLETE")
+                     & members["member"].map(lambda m: m in results and results[m].error is None)]
+    return [results[m] for m in ranked.dropna(subset=["val_acc"])["member"]]
+
+
+def member_schedule(config: CampaignConfig, result: Any, name: str = "pbt-schedule"
+                    ) -> tuple[Schedule, list[dict[str, Any]], list[dict[str, Any]]]:
+    """A finished member's schedule, lineage and history (from its last checkpoint)."""
+    ops, copies = _space(config)
+    history = _history(result)
+    schedule, lineage = schedule_from_history(history, ops, copies, name=name)
+    return schedule, lineage, history
+
+
+def write_pbt_results(config: CampaignConfig, grid: Any, wall_s: float, race: RaceResult | None = None
+                      ) -> CampaignResult:
     """Write ``population.csv``, the ranked schedules, ``schedule.png`` and ``summary.json`` (see the module
-    docstring)."""
+    docstring); with a confirmation race, ``best_policy.json`` is its winner and the summary holds its table."""
     folder, epochs = config.folder, config.proxy.epochs
     ops, copies = _space(config)
     (folder / "population.csv").unlink(missing_ok=True)  # a resumed campaign rebuilds it
@@ -341,8 +368,7 @@ def write_pbt_results(config: CampaignConfig, grid: Any, wall_s: float) -> Campa
         old.unlink()
     best: dict[str, Any] = {}
     for rank, (_, row) in enumerate(ranked.head(config.top_k).iterrows(), start=1):
-        history = _history(results[row["member"]])
-        schedule, lineage = schedule_from_history(history, ops, copies, name=f"{config.name}-rank{rank}")
+        schedule, lineage, history = member_schedule(config, results[row["member"]], name=f"{config.name}-rank{rank}")
         schedule = schedule.with_provenance(
             campaign=config.name, mode="pbt", member=row["member"], rank=rank, score=float(row["val_acc"]),
             metric="val_acc", dataset=config.dataset, train_size=config.train_size, seed=config.seed,
@@ -369,7 +395,14 @@ def write_pbt_results(config: CampaignConfig, grid: Any, wall_s: float) -> Campa
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "machine": machine_info(), "versions": versions,
         "files": {k: str(v.relative_to(folder)) for k, v in files.items()},
     }
+    if race is not None:
+        files.update(race.files)
+        summary["race"] = race.summary()
+        winner = race.winner_policy()
+        if winner is not None:
+            files["best_policy"] = save_policy(winner, folder / "best_policy.json")
+        summary["files"] = {k: str(v.relative_to(folder)) for k, v in files.items()}
     files["summary"] = folder / "summary.json"
     files["summary"].write_text(json.dumps(summary, indent=2, default=str) + "\n")
-    return CampaignResult(folder, best.get("score"), best.get("params"), counts, wall_s, files)
+    return CampaignResult(folder, best.get("score"), best.get("params"), counts, wall_s, files, race=race)
 

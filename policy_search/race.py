@@ -31,9 +31,11 @@ from ray import tune
 from scipy import stats
 
 from search_spaces import Policy, PolicyError, Schedule, load_policy_or_schedule
+from search_spaces.files import atomic_write_text
 from trainers.proxy import ProxyConfig, ProxyData, accuracy_se, train_proxy
 
 from .config import CampaignConfig
+from .reliability import CampaignInterrupted, InterruptWatch, take_interrupted
 from .session import Progress, target_config, trial_dirname
 from .tracking import tracking_callbacks
 
@@ -134,8 +136,13 @@ class RowLog(tune.Callback):
         if "val_acc" not in result:
             return
         row = self.row(trial.config, result)
-        header = not self.path.exists()  # Tune calls back in the driver's one loop: no two writes at once
-        pd.DataFrame([row], columns=list(row)).to_csv(self.path, mode="a", header=header, index=False)
+        # the file is rewritten whole (atomically: a full disk leaves the old rows intact, never half a row);
+        # Tune calls back in the driver's one loop: no two writes at once
+        old = self.path.read_text() if self.path.exists() else ""
+        if old and not old.endswith("\n"):
+            old += "\n"
+        line = pd.DataFrame([row], columns=list(row)).to_csv(header=not old, index=False)
+        atomic_write_text(self.path, old + line)
         if self.on_row is not None:
             self.on_row()
 
@@ -232,6 +239,15 @@ class RaceResult:
         return (f"{win.label} (searched) won the confirmation race: {top['mean']:.4f} mean over {n} seeds, "
                 f"{100 * d:+.2f} points vs {against} (95% CI [{100 * lo:+.2f}, {100 * hi:+.2f}]); {sure}")
 
+    def winner_policy(self) -> Policy | Schedule | None:
+        """The winner as a policy file: the searched policy, or the baseline preset/file (crop+flip alone is the
+        ``crop_flip`` preset), with the race's verdict in its provenance (None when no run finished)."""
+        entry = self.winner
+        if entry is None:
+            return None
+        policy = entry.policy if entry.policy is not None else load_policy_or_schedule("crop_flip")
+        return policy.with_provenance(race=self.winner_provenance())
+
     def winner_provenance(self) -> dict[str, Any]:
         top = self.table.iloc[0]
         return {"winner": top["label"], "kind": top["kind"], "mean_val_acc": round(float(top["mean"]), 5),
@@ -296,10 +312,14 @@ def run_race(config: CampaignConfig, entries: Sequence[Entry], data: ProxyData, 
             run_config=tune.RunConfig(name=RACE_TUNE, storage_path=str(folder), verbose=0,
                                       failure_config=tune.FailureConfig(max_failures=1),
                                       callbacks=[RowLog(runs_path, _RunRow(tuple(entries)), progress),
-                                                 *tracking_callbacks(config, "race")]))
+                                                 *tracking_callbacks(config, "race"), InterruptWatch(folder)]))
         tuner.fit()
+        if take_interrupted(folder) is not None:  # Ctrl-C: the finished runs are in race_runs.csv
+            raise CampaignInterrupted(f"interrupted during the race: {len(_read_runs(runs_path, entries))} of "
+                                      f"{total} runs done, kept in {runs_path}; run it again (policy-search resume "
+                                      f"for a campaign) to finish the race")
     runs = _read_runs(runs_path, entries)
     table = race_table(runs, entries)
-    table.to_csv(folder / TABLE_FILE, index=False)
+    atomic_write_text(folder / TABLE_FILE, table.to_csv(index=False))
     return RaceResult(entries, runs, table, seeds, {"race": folder / TABLE_FILE, "race_runs": runs_path})
 

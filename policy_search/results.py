@@ -21,7 +21,8 @@ import optuna
 import pandas as pd
 from ray.tune import ResultGrid
 
-from search_spaces import Policy, Schedule, load_policy_or_schedule, save_policy
+from search_spaces import Policy, Schedule, save_policy
+from search_spaces.files import atomic_write_text
 from search_spaces.spaces import policy_from_params
 from trainers.plotting import pyplot
 
@@ -29,7 +30,8 @@ from .config import CampaignConfig
 from .export import preview_policy
 from .objectives import make_objective
 from .race import RaceResult
-from .session import STALE_ATTR, STUDY_ATTR, CampaignResult, library_versions, load_study, machine_info
+from .reliability import INTERRUPTED
+from .session import STUDY_ATTR, CampaignResult, library_versions, load_study, machine_info, stale_numbers, study_name
 
 __all__ = ["write_results", "trials_table", "ranked_trials", "trial_policy", "noise_warning", "STATUS_ORDER"]
 
@@ -45,8 +47,11 @@ def _error_line(error: BaseException | None) -> str:
 
 
 def trials_table(config: CampaignConfig, grid: ResultGrid, study: optuna.Study | None = None) -> pd.DataFrame:
-    """One row per Tune trial (see the module docstring), sorted by study trial number."""
+    """One row per Tune trial (see the module docstring), sorted by study trial number. ``study`` must be the
+    campaign's own (:func:`~policy_search.session.load_study`): its trials are all this campaign's."""
     max_t = make_objective(config).max_t
+    if study is not None and study.study_name != study_name(config):
+        raise ValueError(f"study {study.study_name!r} is not campaign {config.name!r}'s ({study_name(config)!r})")
     by_tune_id: dict[str, optuna.trial.FrozenTrial] = {}
     if study is not None:
         for t in study.get_trials(deepcopy=False):
@@ -74,9 +79,10 @@ def trials_table(config: CampaignConfig, grid: ResultGrid, study: optuna.Study |
             **{f"param_{k}": v for k, v in params.items()},
         })
     seen = {row["trial_id"] for row in rows}
+    stale = stale_numbers(study) if study is not None else set()  # FAILed by resume, re-run or never known to Tune
     for t in study.get_trials(deepcopy=False) if study is not None else ():
         trial_id = t.user_attrs.get(STUDY_ATTR)
-        if trial_id and trial_id not in seen and t.state.is_finished() and not t.user_attrs.get(STALE_ATTR):
+        if trial_id and trial_id not in seen and t.state.is_finished() and t.number not in stale:
             rows.append(_study_only_row(t, trial_id, max_t))  # finished after Tune's last snapshot, then a crash
             seen.add(trial_id)
     df = pd.DataFrame(rows)
@@ -132,8 +138,8 @@ def noise_warning(df: pd.DataFrame) -> str | None:
     if se <= spread:
         return None
     return (f"validation noise (standard error {se:.4f}) is larger than the spread of the trial scores "
-            f"({spread:.4f}): the search ranks mostly noise; use more validation images (val_size) or a "
-            f"late-phase objective (finetune)")
+            f"({spread:.4f}): the search ranks mostly noise; use more validation images (val_size; val_folds K "
+            f"validates every training image too, at K times the cost) or a late-phase objective (finetune)")
 
 
 def _params(row: pd.Series) -> dict[str, Any]:
@@ -212,7 +218,7 @@ def write_results(config: CampaignConfig, df: pd.DataFrame, data: Any, wall_s: f
     except KeyError:
         study = None
     files = {"trials": folder / "trials.csv"}
-    df.to_csv(files["trials"], index=False)
+    atomic_write_text(files["trials"], df.to_csv(index=False))
     ranked = ranked_trials(df)
     (folder / "top_k").mkdir(exist_ok=True)
     for old in (folder / "top_k").glob("rank*.json"):
@@ -224,7 +230,7 @@ def write_results(config: CampaignConfig, df: pd.DataFrame, data: Any, wall_s: f
         if i == 1:
             best = policy
     if race is not None and race.winner is not None:
-        best = _race_winner(race)
+        best = race.winner_policy()
     if best is not None:
         files["best_policy"] = save_policy(best, folder / "best_policy.json")
     elif (folder / "best_policy.json").exists():
@@ -236,6 +242,8 @@ def write_results(config: CampaignConfig, df: pd.DataFrame, data: Any, wall_s: f
         preview = best.segments[-1].policy if isinstance(best, Schedule) else best
         files["preview_png"] = preview_policy(preview, spread, folder / "best_policy_preview.png", seed=config.seed)
     counts = {s: int((df["status"] == s).sum()) if not df.empty else 0 for s in STATUS_ORDER}
+    if not df.empty and (df["status"] == INTERRUPTED).any():  # Ctrl-C
+        counts[INTERRUPTED] = int((df["status"] == INTERRUPTED).sum())
     best_score = float(ranked.iloc[0]["val_acc"]) if len(ranked) else None
     warning = noise_warning(df)
     summary = {
@@ -255,14 +263,7 @@ def write_results(config: CampaignConfig, df: pd.DataFrame, data: Any, wall_s: f
         summary["race"] = race.summary()
     summary["files"] = {k: str(v.relative_to(folder)) for k, v in files.items() if v is not None}
     files["summary"] = folder / "summary.json"
-    files["summary"].write_text(json.dumps(summary, indent=2, default=str) + "\n")
+    atomic_write_text(files["summary"], json.dumps(summary, indent=2, default=str) + "\n")
     return CampaignResult(folder, best_score, summary["best_params"], counts, wall_s,
                           {k: v for k, v in files.items() if v is not None}, race=race)
 
-
-def _race_winner(race: RaceResult) -> Policy | Schedule:
-    """The race winner as a policy file: the searched policy, or the baseline preset/file (crop+flip alone is
-    the ``crop_flip`` preset), with the race's verdict in its provenance."""
-    entry = race.winner
-    policy = entry.policy if entry.policy is not None else load_policy_or_schedule("crop_flip")
-    return policy.with_provenance(race=race.winner_provenance())

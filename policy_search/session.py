@@ -11,7 +11,9 @@ from __future__ import annotations
 import logging
 import os
 import platform
+import re
 import socket
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -37,19 +39,29 @@ import optuna  # noqa: E402
 import ray  # noqa: E402
 import yaml  # noqa: E402
 
-from trainers.data import load_dataset, make_splits  # noqa: E402
+from search_spaces.files import atomic_write_text  # noqa: E402
+from trainers.data import prepare_data as load_and_split  # noqa: E402
 from trainers.proxy import ProxyConfig, ProxyData  # noqa: E402
 
 from .config import PASSWORD_ENV, CampaignConfig, validate_config  # noqa: E402
 
 __all__ = ["RAY_ENV", "CampaignError", "Progress", "CampaignResult", "TUNE_NAME", "STUDY_ATTR", "STALE_ATTR",
-           "tune_dir", "trial_dirname", "SecretStorage", "study_storage", "load_study", "ray_session",
+           "RERUN_ATTR", "CAMPAIGN_ID_FILE", "STARTED_CONFIG", "tune_dir", "trial_dirname", "SecretStorage",
+           "study_storage",
+           "campaign_id", "study_name", "create_campaign_study", "load_study", "stale_numbers", "ray_session",
            "prepare_data", "save_config", "load_campaign_config", "proxy_config", "target_config",
            "library_versions", "machine_info"]
 
 STUDY_ATTR = "tune_trial_id"  # Optuna user attr joining a study trial to its Tune trial
-STALE_ATTR = "stale"  # Optuna user attr of a trial left RUNNING by a killed driver (FAILed on resume)
+RERUN_ATTR = "rerun_of"  # Optuna user attr of a trial added for a re-run after resume: the number it re-ran
+#: Optuna *study* user attr: numbers of the trials a killed driver left RUNNING, FAILed by resume (a finished
+#: trial's user attrs cannot change, and a RUNNING one's only through its ``optuna.Trial``, gone with the driver).
+STALE_ATTR = "stale_trials"
+CAMPAIGN_ID_FILE = "campaign_id"  # the campaign folder's id (uuid4 hex), written when the campaign starts
+#: Optuna study user attrs naming the campaign that owns the study.
+OWNER_NAME_ATTR, OWNER_ID_ATTR, OWNER_FOLDER_ATTR = "campaign", "campaign_id", "campaign_folder"
 TUNE_NAME = "tune"
+STARTED_CONFIG = "config.started.yaml"  # the config a campaign started with (resume compares config.yaml with it)
 
 
 class CampaignError(RuntimeError):
@@ -118,9 +130,88 @@ def study_storage(config: CampaignConfig) -> optuna.storages.RDBStorage:
     return SecretStorage(url, engine_kwargs=kwargs)
 
 
-def load_study(config: CampaignConfig) -> optuna.Study:
-    """The campaign's Optuna study (read it while or after the campaign runs)."""
-    return optuna.load_study(study_name=config.name, storage=study_storage(config))
+def campaign_id(folder: str | os.PathLike) -> str | None:
+    """The id of the campaign in ``folder`` (``None``: a folder started before campaigns had ids)."""
+    path = Path(folder) / CAMPAIGN_ID_FILE
+    if not path.is_file():
+        return None
+    return path.read_text().strip() or None
+
+
+def _study_name(config: CampaignConfig, cid: str | None) -> str:
+    if config.storage is None or cid is None:  # the folder's own study.db holds this one campaign only
+        return config.name
+    return f"{config.name}-{cid[:8]}"
+
+
+def study_name(config: CampaignConfig) -> str:
+    """The campaign's Optuna study name: ``<name>-<first 8 hex digits of the campaign id>`` in a ``storage``
+    database (which other campaigns, also ones of the same name, may share), the plain ``<name>`` in the folder's
+    own ``study.db`` (and for a folder without an id)."""
+    return _study_name(config, campaign_id(config.folder))
+
+
+def _namesakes(config: CampaignConfig, storage: optuna.storages.BaseStorage, cid: str) -> Iterator[tuple[str, str]]:
+    """(study name, owner folder) of the studies in ``storage`` of other campaigns named ``config.name``."""
+    pattern = re.compile(rf"{re.escape(config.name)}(-[0-9a-f]{{8}})?")
+    for name in optuna.get_all_study_names(storage):
+        if not pattern.fullmatch(name):
+            continue
+        attrs = optuna.load_study(study_name=name, storage=storage).user_attrs
+        if attrs.get(OWNER_ID_ATTR) is None and name == config.name:  # a campaign from before campaign ids
+            yield name, "unknown"
+        elif attrs.get(OWNER_NAME_ATTR) == config.name and attrs.get(OWNER_ID_ATTR) != cid:
+            yield name, str(attrs.get(OWNER_FOLDER_ATTR, "unknown"))
+
+
+def create_campaign_study(config: CampaignConfig, attach: bool = False) -> optuna.Study:
+    """Give the campaign folder its id (kept if it has one) and create its study, owned by it (user attrs
+    ``campaign``, ``campaign_id``, ``campaign_folder``); an existing study of the same name and id (a start that
+    failed before its experiment) is reused.
+
+    The study name is unique (:func:`study_name`), so campaigns never share a study. Still, a campaign of the same
+    name in a ``storage`` database is likely a mistake: that is refused, naming the other campaign's study and
+    folder, unless ``attach`` (then both campaigns run side by side, each on its own study)."""
+    cid = campaign_id(config.folder) or uuid.uuid4().hex
+    name = _study_name(config, cid)
+    storage = study_storage(config) if config.storage is not None else None  # (study.db needs the folder first)
+    if storage is not None and not attach:
+        others = [(n, folder) for n, folder in _namesakes(config, storage, cid) if n != name]
+        if others:
+            other, folder = others[0]
+            raise CampaignError(f"campaign {config.name!r}: study {other!r} of another campaign of that name (folder "
+                                f"{folder}) is in {config.public_dict()['storage']}; pick another name, or attach "
+                                f"to run beside it (--attach)")
+    config.folder.mkdir(parents=True, exist_ok=True)
+    (config.folder / CAMPAIGN_ID_FILE).write_text(cid + "\n")
+    study = optuna.create_study(study_name=name, storage=storage or study_storage(config), direction="maximize",
+                                load_if_exists=True)
+    owner = study.user_attrs.get(OWNER_ID_ATTR)
+    if owner is None:
+        study.set_user_attr(OWNER_NAME_ATTR, config.name)
+        study.set_user_attr(OWNER_ID_ATTR, cid)
+        study.set_user_attr(OWNER_FOLDER_ATTR, str(config.folder))
+    elif owner != cid:
+        raise CampaignError(f"campaign {config.name!r}: study {name!r} belongs to another campaign (folder "
+                            f"{study.user_attrs.get(OWNER_FOLDER_ATTR, 'unknown')}, id {owner})")
+    return study
+
+
+def load_study(config: CampaignConfig, storage: optuna.storages.BaseStorage | None = None) -> optuna.Study:
+    """The campaign's Optuna study (read it while or after the campaign runs; ``storage``: reuse an open
+    :func:`study_storage`); KeyError when it does not exist (yet), CampaignError when it is another campaign's."""
+    name, cid = study_name(config), campaign_id(config.folder)
+    study = optuna.load_study(study_name=name, storage=storage or study_storage(config))
+    owner = study.user_attrs.get(OWNER_ID_ATTR)
+    if cid is not None and owner is not None and owner != cid:
+        raise CampaignError(f"{config.folder}: study {name!r} belongs to another campaign (folder "
+                            f"{study.user_attrs.get(OWNER_FOLDER_ATTR, 'unknown')}, id {owner})")
+    return study
+
+
+def stale_numbers(study: optuna.Study) -> set[int]:
+    """Numbers of the study trials a killed driver left RUNNING and resume FAILed (see ``STALE_ATTR``)."""
+    return set(study.user_attrs.get(STALE_ATTR, ()))
 
 
 @contextmanager
@@ -142,16 +233,19 @@ def ray_session(config: CampaignConfig) -> Iterator[None]:
 
 def prepare_data(config: CampaignConfig) -> tuple[Any, Any, ProxyData]:
     """Load the dataset and make the seeded train/validation splits (saved as ``splits.json``)."""
-    data = load_dataset(config.dataset, decode_size=config.decode_size)
-    val_size = config.resolved_val_size(len(data.labels))
-    splits = make_splits(data.labels, train_size=config.train_size, val_size=val_size, seed=config.seed)
+    data, splits = load_and_split(config.dataset, decode_size=config.decode_size, train_size=config.train_size,
+                                  val_size=config.resolved_val_size, unlabeled_size=None, seed=config.seed)
     splits.save(config.folder / "splits.json")
     return data, splits, ProxyData.from_dataset(data, splits)
 
 
 def save_config(config: CampaignConfig) -> None:
-    """``config.yaml`` in the campaign folder, secrets stripped."""
-    (config.folder / "config.yaml").write_text(yaml.safe_dump(config.public_dict(), sort_keys=False))
+    """``config.yaml`` in the campaign folder, secrets stripped, written atomically; the first time also
+    ``config.started.yaml``, never rewritten (what resume compares ``config.yaml`` with)."""
+    text = yaml.safe_dump(config.public_dict(), sort_keys=False)
+    atomic_write_text(config.folder / "config.yaml", text)
+    if not (config.folder / STARTED_CONFIG).exists():
+        atomic_write_text(config.folder / STARTED_CONFIG, text)
 
 
 def load_campaign_config(folder: str | os.PathLike) -> CampaignConfig:
@@ -172,14 +266,14 @@ def _threads(config: CampaignConfig) -> int:
 
 def proxy_config(config: CampaignConfig) -> ProxyConfig:
     """The short proxy's trainer settings (``objective: proxy``, density fold models, PBT members)."""
-    return ProxyConfig.from_dict({**config.proxy.model_dump(), "seed": config.seed, "num_threads": _threads(config)})
+    return ProxyConfig.from_knobs(config.proxy, seed=config.seed, num_threads=_threads(config))
 
 
 def target_config(config: CampaignConfig, seed: int | None = None) -> ProxyConfig:
     """The target recipe's trainer settings (``finetune``, ``full``, the race), evaluated after the last epoch
     only; ``seed`` defaults to the campaign seed (common random numbers across trials)."""
-    return ProxyConfig.from_dict({**config.target.model_dump(), "seed": config.seed if seed is None else seed,
-                                  "num_threads": _threads(config), "eval_every": config.target.epochs})
+    return ProxyConfig.from_knobs(config.target, seed=config.seed if seed is None else seed,
+                                  num_threads=_threads(config), eval_every=config.target.epochs)
 
 
 def library_versions() -> dict[str, str]:

@@ -20,14 +20,14 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
-import kornia
 import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["OPS", "BATCH_OPS", "OpSpec", "BatchOpSpec", "OpContext", "affine_matrices", "warp"]
+__all__ = ["OPS", "BATCH_OPS", "OpSpec", "BatchOpSpec", "OpContext", "affine_matrices", "warp", "OURS_KERNELS",
+           "KORNIA_KERNELS", "KERNEL_SOURCE"]
 
 #: ``solarize_add`` adds to pixels below this threshold (128 on the uint8 scale, as in timm/TF).
 SOLARIZE_ADD_THRESHOLD = 128.0 / 255.0
@@ -63,7 +63,8 @@ class OpSpec:
     signed: bool = False  # random sign by default
     integer: bool = False  # value is rounded to an integer
     geometric: bool = False  # expressed as an affine matrix and fused into one warp
-    kernel: Kernel | None = None
+    kernel: Kernel | None = None  # None for geometric ops (they run through ``warp``)
+    kernel_source: str = "ours"  # "kornia" when the kernel (the warp, for geometric ops) is Kornia's
 
     @property
     def has_magnitude(self) -> bool:
@@ -100,7 +101,7 @@ def _blend(x: Tensor, other: Tensor, factor: Tensor) -> Tensor:
 
 
 def _brightness(x: Tensor, v: Tensor, ctx: OpContext) -> Tensor:
-    return kornia.enhance.adjust_brightness_accumulative(x, v)
+    return (x * _per_sample(v).to(x.dtype)).clamp_(0.0, 1.0)
 
 
 def _color(x: Tensor, v: Tensor, ctx: OpContext) -> Tensor:
@@ -208,13 +209,19 @@ def _rand(n: int, ctx: OpContext, device: torch.device) -> Tensor:
     return uniform(n, ctx.generator, device)
 
 
-def _cutout(x: Tensor, v: Tensor, ctx: OpContext) -> Tensor:
-    """One square of side ``round(v * min(H, W))`` per sample, centre uniform, clipped at the border."""
+def _cutout_box(x: Tensor, v: Tensor, ctx: OpContext) -> tuple[Tensor, Tensor, Tensor]:
+    """Each sample's square: top, left and side (float, may reach past the border); draws rows, then columns."""
     b, _, h, w = x.shape
     side = (v * min(h, w)).round()
     cy = (_rand(b, ctx, x.device) * h).floor()
     cx = (_rand(b, ctx, x.device) * w).floor()
-    y0, x0 = cy - torch.div(side, 2, rounding_mode="floor"), cx - torch.div(side, 2, rounding_mode="floor")
+    return cy - torch.div(side, 2, rounding_mode="floor"), cx - torch.div(side, 2, rounding_mode="floor"), side
+
+
+def _cutout(x: Tensor, v: Tensor, ctx: OpContext) -> Tensor:
+    """One square of side ``round(v * min(H, W))`` per sample, centre uniform, clipped at the border."""
+    _, _, h, w = x.shape
+    y0, x0, side = _cutout_box(x, v, ctx)
     rows = torch.arange(h, device=x.device).view(1, h, 1)
     cols = torch.arange(w, device=x.device).view(1, 1, w)
     inside = (
@@ -226,6 +233,21 @@ def _cutout(x: Tensor, v: Tensor, ctx: OpContext) -> Tensor:
     return torch.where(inside.unsqueeze(1), ctx.fill.view(1, -1, 1, 1).to(x.dtype), x)
 
 
+def _pad_crop_window(x: Tensor, v: Tensor, ctx: OpContext) -> tuple[Tensor | None, Tensor, Tensor]:
+    """The batch padded by the largest ``p`` (fill colour; None when no sample pads) and each sample's crop
+    offsets ``(oy, ox)`` in it; draws rows, then columns."""
+    b, _, h, w = x.shape
+    py, px = (v * h).round().long(), (v * w).round().long()
+    pmax_y, pmax_x = int(py.max()), int(px.max())
+    if pmax_y == 0 and pmax_x == 0:
+        return None, py, px
+    fill = ctx.fill.view(1, -1, 1, 1).to(x.dtype)
+    padded = torch.nn.functional.pad(x - fill, (pmax_x, pmax_x, pmax_y, pmax_y)) + fill
+    oy = pmax_y - py + (_rand(b, ctx, x.device) * (2 * py + 1)).floor().long()
+    ox = pmax_x - px + (_rand(b, ctx, x.device) * (2 * px + 1)).floor().long()
+    return padded, oy, ox
+
+
 def _pad_crop(x: Tensor, v: Tensor, ctx: OpContext) -> Tensor:
     """Pad by ``p = round(v * size)`` pixels (fill colour), then crop at a uniform integer offset.
 
@@ -233,14 +255,9 @@ def _pad_crop(x: Tensor, v: Tensor, ctx: OpContext) -> Tensor:
     ``[-p, p]`` on each axis.
     """
     b, c, h, w = x.shape
-    py, px = (v * h).round().long(), (v * w).round().long()
-    pmax_y, pmax_x = int(py.max()), int(px.max())
-    if pmax_y == 0 and pmax_x == 0:
+    padded, oy, ox = _pad_crop_window(x, v, ctx)
+    if padded is None:
         return x
-    fill = ctx.fill.view(1, -1, 1, 1).to(x.dtype)
-    padded = torch.nn.functional.pad(x - fill, (pmax_x, pmax_x, pmax_y, pmax_y)) + fill
-    oy = pmax_y - py + (_rand(b, ctx, x.device) * (2 * py + 1)).floor().long()
-    ox = pmax_x - px + (_rand(b, ctx, x.device) * (2 * px + 1)).floor().long()
     rows = (oy.view(-1, 1) + torch.arange(h, device=x.device)).view(b, 1, h, 1).expand(b, c, h, w)
     cols = (ox.view(-1, 1) + torch.arange(w, device=x.device)).view(b, 1, 1, w).expand(b, c, h, w)
     flat = padded.flatten(2)
@@ -302,7 +319,7 @@ def _base_grid(height: int, width: int, dtype: torch.dtype, device: torch.device
     return torch.stack([xs, ys, torch.ones_like(xs)]).view(3, height * width)
 
 
-def warp(x: Tensor, matrices: Tensor, ctx: OpContext) -> Tensor:
+def _warp(x: Tensor, matrices: Tensor, ctx: OpContext) -> Tensor:
     """Warp each sample by its own forward affine matrix; exposed areas get ``ctx.fill``.
 
     This is ``kornia.geometry.transform.warp_affine(..., align_corners=True)`` written out (invert, normalise,
@@ -331,14 +348,108 @@ def warp(x: Tensor, matrices: Tensor, ctx: OpContext) -> Tensor:
 
 
 # ---------------------------------------------------------------------------------------------
+# Kornia's functional kernels, in the same signature, and the choice per op
+
+
+def _kornia():
+    """kornia, imported on first use: no kernel of the registry runs it (``KERNEL_SOURCE``), and importing it
+    costs about a second in every process that imports this package."""
+    import kornia
+
+    return kornia
+
+
+def _kornia_warp(x: Tensor, matrices: Tensor, ctx: OpContext) -> Tensor:
+    fill = None if ctx.zero_fill else ctx.fill.to(x.dtype)
+    out = _kornia().geometry.transform.warp_affine(
+        x, matrices.to(x.dtype), (x.shape[-2], x.shape[-1]), mode=ctx.interpolation,
+        padding_mode="zeros" if fill is None else "fill", align_corners=True, fill_value=fill)
+    return out if ctx.interpolation == "nearest" else out.clamp_(0.0, 1.0)
+
+
+def _kornia_sharpness(x: Tensor, v: Tensor, ctx: OpContext) -> Tensor:
+    return x if x.shape[-1] <= 2 or x.shape[-2] <= 2 else _kornia().enhance.sharpness(x, v.to(x.dtype))
+
+
+def _kornia_grayscale(x: Tensor, v: Tensor, ctx: OpContext) -> Tensor:
+    return x if x.shape[1] != 3 else _kornia().color.rgb_to_grayscale(x).expand_as(x).contiguous()
+
+
+def _kornia_cutout(x: Tensor, v: Tensor, ctx: OpContext) -> Tensor:
+    y0, x0, side = _cutout_box(x, v, ctx)
+    y1, x1 = y0 + side - 1, x0 + side - 1  # bbox_to_mask's corners are inclusive
+    boxes = torch.stack([torch.stack([x0, y0], -1), torch.stack([x1, y0], -1), torch.stack([x1, y1], -1),
+                         torch.stack([x0, y1], -1)], 1).to(x.dtype)
+    mask = _kornia().geometry.bbox.bbox_to_mask(boxes, x.shape[-1], x.shape[-2]).bool()
+    return torch.where(mask.unsqueeze(1), ctx.fill.view(1, -1, 1, 1).to(x.dtype), x)
+
+
+def _kornia_pad_crop(x: Tensor, v: Tensor, ctx: OpContext) -> Tensor:
+    h, w = x.shape[-2:]
+    padded, oy, ox = _pad_crop_window(x, v, ctx)
+    if padded is None:
+        return x
+    y1, x1 = oy + h - 1, ox + w - 1
+    boxes = torch.stack([torch.stack([ox, oy], -1), torch.stack([x1, oy], -1), torch.stack([x1, y1], -1),
+                         torch.stack([ox, y1], -1)], 1)
+    return _kornia().geometry.transform.crop_by_indices(padded, boxes, size=(h, w))
+
+
+#: Our written-out kernel of every op (``"warp"``: the fused affine warp of the geometric ops, which takes
+#: ``(x, matrices (b, 2, 3), ctx)``).
+OURS_KERNELS: dict[str, Callable[[Tensor, Tensor, OpContext], Tensor]] = {
+    "warp": _warp, "identity": _identity, "brightness": _brightness, "color": _color, "contrast": _contrast,
+    "sharpness": _sharpness, "posterize": _posterize, "solarize": _solarize, "solarize_add": _solarize_add,
+    "autocontrast": _autocontrast, "equalize": _equalize, "invert": _invert, "grayscale": _grayscale,
+    "hflip": _hflip, "cutout": _cutout, "pad_crop": _pad_crop,
+}
+
+#: Kornia's functional kernel of every op that has one, with per-sample magnitudes (``(b,)`` tensors), in the
+#: same signature. ``benchmarks/kornia_kernels.py`` compares each with ours and with torchvision.
+KORNIA_KERNELS: dict[str, Callable[[Tensor, Tensor, OpContext], Tensor]] = {
+    "warp": _kornia_warp,
+    "brightness": lambda x, v, ctx: _kornia().enhance.adjust_brightness_accumulative(x, v),
+    "color": lambda x, v, ctx: _kornia().enhance.adjust_saturation_with_gray_subtraction(x, v),
+    "contrast": lambda x, v, ctx: _kornia().enhance.adjust_contrast_with_mean_subtraction(x, v),
+    "sharpness": _kornia_sharpness,
+    "posterize": lambda x, v, ctx: _kornia().enhance.posterize(x, v.long()),
+    "solarize": lambda x, v, ctx: _kornia().enhance.solarize(x, v),
+    "autocontrast": lambda x, v, ctx: _kornia().enhance.normalize_min_max(x, 0.0, 1.0),
+    "equalize": lambda x, v, ctx: _kornia().enhance.equalize(x),
+    "invert": lambda x, v, ctx: _kornia().enhance.invert(x),
+    "grayscale": _kornia_grayscale,
+    "hflip": lambda x, v, ctx: _kornia().geometry.transform.hflip(x),
+    "cutout": _kornia_cutout,
+    "pad_crop": _kornia_pad_crop,
+}
+
+#: Which kernel each op runs: Kornia's where it matches torchvision within the golden tests' tolerance, takes
+#: per-sample magnitudes and is not slower than ours; ours otherwise (measured by ``benchmarks/kornia_kernels.py``:
+#: ``docs/results/kornia_kernels.md``; the reason per op in ``docs/design.md``, "Kernels: Kornia or ours").
+KERNEL_SOURCE: dict[str, str] = {
+    "warp": "ours", "identity": "ours", "brightness": "ours", "color": "ours", "contrast": "ours",
+    "sharpness": "ours", "posterize": "ours", "solarize": "ours", "solarize_add": "ours", "autocontrast": "ours",
+    "equalize": "ours", "invert": "ours", "grayscale": "ours", "hflip": "ours", "cutout": "ours", "pad_crop": "ours",
+}
+
+
+def _chosen(name: str) -> Callable[[Tensor, Tensor, OpContext], Tensor]:
+    return KORNIA_KERNELS[name] if KERNEL_SOURCE[name] == "kornia" else OURS_KERNELS[name]
+
+
+warp = _chosen("warp")  # the fused warp of every stage's geometric ops (Augmenter)
+
+
+# ---------------------------------------------------------------------------------------------
 # The registry
 
 _FACTOR = dict(bounds=(0.0, 2.0), identity=1.0, level_max=1.9, signed=True)
 
 OPS: dict[str, OpSpec] = {
-    spec.name: spec
+    spec.name: replace(spec, kernel=None if spec.geometric else _chosen(spec.name),
+                       kernel_source=KERNEL_SOURCE["warp" if spec.geometric else spec.name])
     for spec in [
-        OpSpec("identity", "no change", kernel=_identity),
+        OpSpec("identity", "no change"),
         OpSpec("shear_x", "horizontal shear; value = shear factor tan(angle), top-left origin",
                "factor", (-1.0, 1.0), 0.0, 0.3, signed=True, geometric=True),
         OpSpec("shear_y", "vertical shear; value = shear factor tan(angle), top-left origin",
@@ -349,28 +460,27 @@ OPS: dict[str, OpSpec] = {
                "fraction", (-1.0, 1.0), 0.0, 150.0 / 331.0, signed=True, geometric=True),
         OpSpec("rotate", "rotation about the centre; value = degrees, counter-clockwise",
                "degrees", (-180.0, 180.0), 0.0, 30.0, signed=True, geometric=True),
-        OpSpec("brightness", "PIL Brightness: multiply by factor", "factor", **_FACTOR, kernel=_brightness),
-        OpSpec("color", "PIL Color: blend with grayscale by factor", "factor", **_FACTOR, kernel=_color),
+        OpSpec("brightness", "PIL Brightness: multiply by factor", "factor", **_FACTOR),
+        OpSpec("color", "PIL Color: blend with grayscale by factor", "factor", **_FACTOR),
         OpSpec("contrast", "PIL Contrast: blend with the image's mean gray by factor",
-               "factor", **_FACTOR, kernel=_contrast),
+               "factor", **_FACTOR),
         OpSpec("sharpness", "PIL Sharpness: blend with the 3x3 smoothed image by factor",
-               "factor", **_FACTOR, kernel=_sharpness),
+               "factor", **_FACTOR),
         OpSpec("posterize", "keep the top `bits` bits of each uint8 channel value",
-               "bits", (0.0, 8.0), 8.0, 4.0, integer=True, kernel=_posterize),
+               "bits", (0.0, 8.0), 8.0, 4.0, integer=True),
         OpSpec("solarize", "invert pixels >= threshold (fraction of the value range)",
-               "threshold", (0.0, 1.0), 1.0, 0.0, kernel=_solarize),
+               "threshold", (0.0, 1.0), 1.0, 0.0),
         OpSpec("solarize_add", "add `addition` (fraction of range) to pixels below 128/255, clip",
-               "addition", (0.0, 0.5), 0.0, 110.0 / 255.0, kernel=_solarize_add),
-        OpSpec("autocontrast", "stretch each channel to [0, 1] (constant channels unchanged)",
-               kernel=_autocontrast),
-        OpSpec("equalize", "PIL histogram equalisation per channel", kernel=_equalize),
-        OpSpec("invert", "1 - x", kernel=_invert),
-        OpSpec("grayscale", "ITU-R 601 luma replicated to every channel", kernel=_grayscale),
-        OpSpec("hflip", "mirror left-right", kernel=_hflip),
+               "addition", (0.0, 0.5), 0.0, 110.0 / 255.0),
+        OpSpec("autocontrast", "stretch each channel to [0, 1] (constant channels unchanged)"),
+        OpSpec("equalize", "PIL histogram equalisation per channel"),
+        OpSpec("invert", "1 - x"),
+        OpSpec("grayscale", "ITU-R 601 luma replicated to every channel"),
+        OpSpec("hflip", "mirror left-right"),
         OpSpec("cutout", "one fill-coloured square, side = fraction of min(H, W), centre uniform",
-               "size", (0.0, 1.0), 0.0, 0.5, kernel=_cutout),
+               "size", (0.0, 1.0), 0.0, 0.5),
         OpSpec("pad_crop", "pad by a fraction of the size (fill colour), crop back at a random offset",
-               "padding", (0.0, 0.5), 0.0, 0.25, kernel=_pad_crop),
+               "padding", (0.0, 0.5), 0.0, 0.25),
     ]
 }
 

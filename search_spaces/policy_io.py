@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import PolicyError
+from .files import atomic_write_text
 from .ops import OPS
 from .policy_model import (
     INPUT_CONTRACT,
@@ -273,13 +274,9 @@ def load_schedule(source: str | os.PathLike | Policy | Schedule, epochs: int | N
 
 
 def save_policy(policy: Policy | Schedule, path: str | os.PathLike) -> Path:
-    """Write a policy or schedule as canonical JSON (atomically) and return the path."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(dumps(policy), encoding="utf-8")
-    os.replace(tmp, path)
-    return path
+    """Write a policy or schedule as canonical JSON and return the path: atomically (the old file stays intact on
+    failure; :class:`~search_spaces.files.FileWriteError`, one line naming the file)."""
+    return atomic_write_text(path, dumps(policy))
 
 
 def preset(name: str) -> Policy:

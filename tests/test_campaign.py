@@ -1,4 +1,5 @@
-"""Campaign loop end to end on the bundled sample: both objectives, failures, resume after kill -9, two nodes."""
+"""Campaign loop end to end on the bundled sample: both objectives, failures, resume after kill -9 (two Ray nodes:
+tests/test_cluster.py)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,6 @@ from pathlib import Path
 import optuna
 import pandas as pd
 import pytest
-import ray
 from optuna.trial import TrialState
 
 from policy_search.campaign import CampaignError, load_study, resume_campaign, run_campaign
@@ -207,28 +207,3 @@ def test_resume_after_kill_9(tmp_path, ray_local, snapshot_s):
     assert sorted(t.user_attrs["tune_trial_id"] for t in complete) == sorted(df["trial_id"])  # study == CSV
     for t in complete:
         assert df.loc[df["trial_id"] == t.user_attrs["tune_trial_id"], "val_acc"].iloc[0] == pytest.approx(t.value)
-
-
-@pytest.mark.slow
-def test_two_node_cluster(tmp_path):
-    from ray.cluster_utils import Cluster
-
-    if ray.is_initialized():
-        ray.shutdown()
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "resources": {"head": 1}})
-    cluster.add_node(num_cpus=1, resources={"worker": 1})
-    cluster.wait_for_nodes()
-    try:
-        ray.init(address=cluster.address, log_to_driver=False)
-        # a fresh worker per trial: reused workers would run these sub-second trials wherever one is free first
-        cfg = tiny(tmp_path, "cluster", objective="density", num_trials=6, max_concurrent=2,
-                   ray_address=cluster.address, reuse_actors=False)
-        result = run_campaign(cfg)
-        df = pd.read_csv(result.folder / "trials.csv")
-        nodes = {n["NodeID"] for n in ray.nodes() if n["Alive"]}
-        assert len(df) == 6 and (df["status"] == "COMPLETE").all()
-        assert set(df["node_id"]) == nodes and len(nodes) == 2  # both nodes ran trials, one campaign folder
-        assert sorted(p.name for p in (result.folder / "tune").iterdir() if p.is_dir()) == sorted(df["trial_id"])
-    finally:
-        ray.shutdown()
-        cluster.shutdown()

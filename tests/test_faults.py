@@ -65,7 +65,7 @@ def faulty_trial(config: dict[str, Any], *, job: TrialJob, payload: Any, tickets
 
         train_proxy(None, payload, proxy, on_epoch=on_epoch)
     elif ticket == 2:
-        diverging = ProxyObjective(dataclasses.replace(proxy, lr=1e30))
+        diverging = ProxyObjective(proxy.model_copy(update={"lr": 1e30}))
         run_trial(config, job=dataclasses.replace(job, objective=diverging), payload=payload)
     else:
         run_trial(config, job=job, payload=payload)

@@ -217,3 +217,39 @@ def test_a_resumed_cutmix_run_replays_its_mixing_draws(small):
     assert held["s"]["epoch"] == 1 and [h.epoch for h in resumed.history] == [2, 3]
     assert resumed.final_val_acc == whole.final_val_acc
     assert resumed.history[-1].train_loss == whole.history[-1].train_loss
+
+
+# -- K-fold validation ---------------------------------------------------------------------------------------
+
+
+def test_folds_validate_every_pooled_image_exactly_once_stratified(small):
+    from policy_search.objectives import make_folds
+
+    folds = make_folds(small, 4, seed=0)
+    pool = torch.cat([small.train_x, small.val_x]).flatten(1)
+    val = torch.cat([f.val_x for f in folds]).flatten(1)
+    assert len(val) == len(pool) == 456
+    assert torch.equal(val.sum(0), pool.sum(0)) and torch.equal(torch.cat([f.val_y for f in folds]).sort().values,
+                                                                torch.cat([small.train_y, small.val_y]).sort().values)
+    for f in folds:
+        assert len(f.train_y) + len(f.val_y) == 456 and len(f.val_y) in (114, 115)
+        counts = torch.bincount(f.val_y, minlength=small.num_classes)
+        pooled = torch.bincount(torch.cat([small.train_y, small.val_y]), minlength=small.num_classes)
+        assert ((counts - pooled / 4).abs() <= 1).all()  # stratified: each class split evenly over the folds
+    again = make_folds(small, 4, seed=0)  # seeded: the same folds every time
+    assert all(torch.equal(a.val_y, b.val_y) for a, b in zip(folds, again, strict=True))
+
+
+def test_val_folds_score_every_fold_and_report_the_pooled_accuracy(small):
+    cfg = load_config(overrides={"target.width": 8, "target.epochs": 2, "target.batch_size": 64,
+                                 "finetune.fraction": 0.5, "resources.cpu": 1, "val_folds": 2})
+    objective = make_objective(cfg)
+    assert objective.name == "finetune" and objective.max_t == 2 and objective.scheduler() is None
+    reports = []
+    objective.run(preset("randaugment"), objective.prepare(small), reports.append)
+    assert len(reports) == 1 and reports[0]["epoch"] == 2 and len(reports[0]["fold_val_acc"]) == 2
+    acc = reports[0]["val_acc"]
+    assert acc == pytest.approx(sum(reports[0]["fold_val_acc"]) / 2, abs=1e-6)  # two folds of 228 images each
+    assert reports[0]["val_se"] == pytest.approx(math.sqrt(acc * (1 - acc) / 456))  # the whole pool validated
+    with pytest.raises(ConfigError, match="val_folds: the density objective"):
+        load_config(overrides={"objective": "density", "val_folds": 3})

@@ -10,6 +10,7 @@ and translations are sub-pixel here where torchvision AutoAugment truncates to w
 from __future__ import annotations
 
 import math
+import re
 
 import numpy as np
 import pytest
@@ -173,3 +174,55 @@ def test_grayscale_and_colour_ops_on_one_channel(images):
         out = single_op(op, value)(gray)
         assert out.shape == gray.shape
     assert torch.equal(single_op("color", 1.5)(gray), gray)
+
+
+# ---------------------------------------------------------------------------------------------
+# Kernels: Kornia's or ours (benchmarks/kornia_kernels.py measures the choice; docs/design.md gives the reasons)
+
+
+def test_every_op_runs_the_kernel_its_source_names():
+    from search_spaces.ops import KERNEL_SOURCE, KORNIA_KERNELS, OURS_KERNELS, warp
+
+    assert set(KERNEL_SOURCE) == set(OURS_KERNELS) and set(KORNIA_KERNELS) <= set(OURS_KERNELS)
+    assert warp is (KORNIA_KERNELS if KERNEL_SOURCE["warp"] == "kornia" else OURS_KERNELS)["warp"]
+    for name, spec in OPS.items():
+        source = KERNEL_SOURCE["warp" if spec.geometric else name]
+        assert spec.kernel_source == source in ("ours", "kornia")
+        if not spec.geometric:
+            assert spec.kernel is (KORNIA_KERNELS if source == "kornia" else OURS_KERNELS)[name]
+
+
+def test_readme_lists_exactly_the_kernels_from_kornia():
+    """The README's sentence on Kornia's kernels names exactly the ops whose kernel is Kornia's."""
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    line = next(ln for ln in readme.splitlines() if ln.startswith("**Kernels from Kornia**"))
+    listed = set(re.findall(r"`([a-z_]+)`", line.split(":", 1)[1].split(";")[0]))
+    assert listed == {name for name, spec in OPS.items() if spec.kernel_source == "kornia"}
+
+
+@pytest.mark.parametrize("name", ["warp", "brightness", "color", "contrast", "sharpness", "posterize", "solarize",
+                                  "autocontrast", "equalize", "invert", "grayscale", "hflip", "cutout", "pad_crop"])
+def test_kornia_candidates_take_per_sample_magnitudes_like_ours(images, name):
+    """Every Kornia candidate runs a batch with one magnitude per sample and gives our kernel's result within
+    the golden tolerance (a constant channel included), so the choice between them is about speed alone."""
+    from search_spaces.ops import KORNIA_KERNELS, OURS_KERNELS, OpContext, affine_matrices
+
+    x = images.clone()
+    x[:2, 1] = 0.3  # constant channel: autocontrast and equalize leave it alone
+    spec = OPS.get(name)
+    probes = {"posterize": [7.0, 4.0, 1.0], "solarize": [0.7, 0.3], "cutout": [0.25, 0.5], "pad_crop": [0.125, 0.25]}
+    values = probes.get(name, [1.9, 0.3, 1.27])
+    v = torch.tensor([values[i % len(values)] for i in range(len(x))])
+    if name == "warp":
+        kind = torch.arange(len(x)) % 5
+        v = torch.tensor([9.0, 0.3, -0.15, 0.25, -0.125])[kind]
+        v = affine_matrices(kind, v, *x.shape[-2:])
+    ctx = lambda: OpContext(torch.zeros(3), "bilinear", torch.Generator().manual_seed(0), True)  # noqa: E731
+    ours, theirs = OURS_KERNELS[name](x, v, ctx()), KORNIA_KERNELS[name](x, v, ctx())
+    assert ours.shape == theirs.shape == x.shape
+    if name == "autocontrast":  # kornia.enhance.normalize_min_max maps a constant channel to 0
+        assert (ours - theirs)[2:].abs().max() <= TOL and theirs[:2, 1].abs().max() == 0
+    else:
+        assert (ours - theirs).abs().max() <= TOL, spec

@@ -30,7 +30,8 @@ runner = CliRunner()
 EPOCHS = 4
 TINY = {"mode": "pbt", "train_size": 500, "val_size": 250, "proxy.epochs": EPOCHS, "proxy.width": 8,
         "pbt.population_size": 4, "pbt.perturbation_interval": 1, "pbt.init": "random", "pbt.synch": True,
-        "max_concurrent": 4, "resources.cpu": 0.5, "num_cpus": 2}
+        "max_concurrent": 4, "resources.cpu": 0.5, "num_cpus": 2,
+        "target.width": 8, "target.epochs": 2, "target.batch_size": 64, "race.seeds": 1, "race.top_k": 1}
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +42,9 @@ def campaign(tmp_path_factory) -> Path:
     seen = []
     cfg = load_config(overrides={**TINY, "name": "pbt", "output": str(tmp_path_factory.mktemp("pbt"))})
     result = run_campaign(cfg, on_progress=seen.append)
-    assert seen and seen[-1].total == 16 and seen[-1].done == 16
+    search = [p for p in seen if p.stage == "search"]
+    assert search and search[-1].total == 16 and search[-1].done == 16
+    assert seen[-1].stage == "race" and seen[-1].done == seen[-1].total == 3  # rank1, crop+flip, RA x 1 seed
     assert result.counts == {"COMPLETE": 4, "FAILED": 0, "RUNNING": 0}
     return result.folder
 
@@ -57,6 +60,12 @@ def test_population_perturbs_and_the_best_schedule_matches_its_lineage(campaign)
     assert set(population["member"]) == set(population.groupby("member")["epoch"].max().index)
     assert (population.groupby("member")["epoch"].max() == EPOCHS).all()
     assert (population["exploited_from"] != "").sum() == summary["exploited_epochs"]
+
+    # the confirmation race: the best schedule against crop+flip and RandAugment(2, 9) at the target recipe
+    race = pd.read_csv(campaign / "race.csv")
+    assert set(race["label"]) == {"rank1", "crop+flip", "RandAugment(2, 9)"} and (race["runs"] == 1).all()
+    winner = load_policy_or_schedule(campaign / "best_policy.json")
+    assert winner.provenance["race"]["winner"] == race["label"].iloc[0] == summary["race"]["winner"]
 
     schedule = load_policy_or_schedule(campaign / "best_schedule.json")
     assert isinstance(schedule, Schedule) and schedule.epochs == EPOCHS
@@ -102,6 +111,7 @@ def test_status_shows_population_and_lineage_and_resume_reruns_nothing(campaign)
     result = runner.invoke(app, ["status", str(campaign)])
     assert result.exit_code == 0, result.output
     assert "pbt population 4/4" in result.output and "lineage: " in result.output
+    assert "confirmation race (seeds [1])" in result.output
     before = (campaign / "population.csv").read_text()
     resumed = resume_campaign(campaign)
     assert resumed.counts["COMPLETE"] == 4
@@ -150,7 +160,7 @@ from policy_search.campaign import run_campaign
 from policy_search.config import load_config
 overrides = {"mode": "pbt", "name": "killed", "output": sys.argv[1], "train_size": 500, "val_size": 250,
              "proxy.epochs": 6, "proxy.width": 8, "pbt.population_size": 4, "pbt.perturbation_interval": 2,
-             "pbt.init": "random", "max_concurrent": 2, "num_cpus": 2}
+             "pbt.init": "random", "max_concurrent": 2, "num_cpus": 2, "race.enabled": False}
 run_campaign(load_config(overrides=overrides))
 """
 

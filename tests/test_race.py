@@ -133,3 +133,17 @@ def test_cli_run_with_its_progress_bars_prints_the_race(tmp_path, ray_local):
     assert result.exit_code == 0, result.output
     assert "race runs" in result.output and "confirmation race (seeds 1)" in result.output
     assert "best_policy.json is the race winner" in result.output
+
+
+def test_calibrate_objective_specs_name_the_finetune_fraction_and_refuse_bad_ones():
+    from policy_search.calibrate import objective_spec
+
+    cfg = load_config(overrides={**TINY, "target.epochs": 10})
+    cfg_half, name = objective_spec(cfg, "finetune@0.5")
+    assert name == "finetune" and cfg_half.finetune.fraction == 0.5 and cfg_half.finetune_epochs() == 5
+    assert objective_spec(cfg, "proxy") == (cfg, "proxy")
+    for bad, key in [("finetune@x", "number"), ("proxy@0.5", "only finetune"), ("warp", "unknown objective"),
+                     ("finetune@1.5", "finetune@1.5")]:
+        with pytest.raises(ValueError, match=key) as err:
+            objective_spec(cfg, bad)
+        assert "\n" not in str(err.value) and str(err.value).startswith("objectives:")

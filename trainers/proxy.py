@@ -16,11 +16,12 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
+from pydantic import Field
 from torch import nn
 
 from search_spaces import Augmenter, Policy, Schedule, ScheduledAugmenter, load_policy_or_schedule, make_augmenter
@@ -29,7 +30,6 @@ from .data import ImageData, Splits, stratified_kfold
 from .engine import (
     EpochMetrics,
     FitResult,
-    TrainConfig,
     evaluate,
     fit,
     make_optimizer,
@@ -39,49 +39,31 @@ from .engine import (
     state_dict_for_checkpoint,
 )
 from .models import build_seeded
+from .settings import RunSettings, TrainingKnobs
 
 __all__ = ["ProxyConfig", "ProxyData", "train_proxy", "build_augment", "AugmentPipeline", "DensityMatcher",
            "shared_checkpoint", "accuracy_se"]
 
 
-@dataclass
-class ProxyConfig:
+class ProxyConfig(TrainingKnobs, RunSettings):
     """The proxy budget: model size, schedule and seed of one trial.
 
     Defaults: a 0.1M-parameter ProxyCNN for 8 epochs, about a minute on 4,000 CIFAR images on 2 CPU cores
     and about a second on a modern GPU; widen (``width=64``) and lengthen on a GPU.
     """
 
-    model: str = "proxy"
-    width: int = 16
-    depth: int = 1
-    epochs: int = 8
-    batch_size: int = 128
-    lr: float = 0.2
-    weight_decay: float = 5e-4
-    label_smoothing: float = 0.1
-    base_augment: bool = True  # crop+flip before the searched policy
-    seed: int = 0
-    num_threads: int | None = None
-    eval_every: int = 1  # evaluate the validation split every this many epochs (and after the last)
+    eval_every: int = Field(1, ge=1)  # evaluate the validation split every this many epochs (and after the last)
 
-    def train_config(self) -> TrainConfig:
-        return TrainConfig(epochs=self.epochs, batch_size=self.batch_size, lr=self.lr, weight_decay=self.weight_decay,
-                           label_smoothing=self.label_smoothing, seed=self.seed, num_threads=self.num_threads,
-                           eval_every=self.eval_every)
+    @classmethod
+    def from_knobs(cls, knobs: TrainingKnobs, **run: Any) -> ProxyConfig:
+        """``knobs`` (e.g. a campaign's proxy budget or target recipe; fields a subclass adds are not the
+        trainer's) run with ``run``'s seed, threads and evaluation interval."""
+        return cls(**{name: getattr(knobs, name) for name in TrainingKnobs.model_fields}, **run)
 
     def build(self, num_classes: int, in_channels: int) -> nn.Module:
         """The proxy model, initialised from ``seed`` without touching the global RNG."""
         kwargs = {"width": self.width, "depth": self.depth} if self.model == "proxy" else {}
         return build_seeded(self.model, num_classes, in_channels, kwargs, self.seed)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> ProxyConfig:
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in known})
 
 
 @dataclass
@@ -209,7 +191,7 @@ def shared_checkpoint(data: ProxyData, config: ProxyConfig, epochs: int, *,
             return True
         return False
 
-    train_proxy(None, data, replace(config, eval_every=config.epochs), device=device, on_state=on_state)
+    train_proxy(None, data, config.model_copy(update={"eval_every": config.epochs}), device=device, on_state=on_state)
     return held["state"]
 
 

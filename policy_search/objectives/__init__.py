@@ -20,6 +20,9 @@ full       the target recipe end to end; ASHA stops trials only     one target t
 proxy      a short, small proxy from scratch (ASHA per epoch)      ``proxy.epochs`` small epochs
 density    Fast AutoAugment's density matching on fold models      seconds
 ========== ======================================================= ===============================
+
+``val_folds: K`` (K > 1) wraps any of them but density in :class:`FoldedObjective`: K-fold validation over
+the pooled training and validation images, for sources too small for a large validation split.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from typing import TYPE_CHECKING
 from .base import Objective, Report
 from .density import DensityObjective
 from .finetune import FinetuneObjective
+from .folds import FoldedObjective, make_folds
 from .full import FullObjective
 from .proxy import ProxyObjective
 
@@ -36,12 +40,16 @@ if TYPE_CHECKING:
     from ..config import CampaignConfig
 
 __all__ = ["Objective", "Report", "make_objective", "OBJECTIVES", "ProxyObjective", "DensityObjective",
-           "FinetuneObjective", "FullObjective"]
+           "FinetuneObjective", "FullObjective", "FoldedObjective", "make_folds"]
 
 OBJECTIVES = {"finetune": FinetuneObjective, "full": FullObjective, "proxy": ProxyObjective,
               "density": DensityObjective}
 
 
 def make_objective(config: CampaignConfig, name: str | None = None) -> Objective:
-    """The objective ``name`` (default: ``config.objective``) with its budget taken from ``config``."""
-    return OBJECTIVES[name or config.objective].from_config(config)
+    """The objective ``name`` (default: ``config.objective``) with its budget taken from ``config``; with
+    ``val_folds > 1`` scored on every fold (:class:`FoldedObjective`)."""
+    objective = OBJECTIVES[name or config.objective].from_config(config)
+    if config.val_folds > 1 and objective.name != "density":
+        return FoldedObjective(objective, config.val_folds, config.seed)
+    return objective

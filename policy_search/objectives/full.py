@@ -8,7 +8,7 @@ so an early cut would stop exactly the strong-augmentation trials that win at th
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ray.tune.schedulers import ASHAScheduler, TrialScheduler
@@ -47,7 +47,7 @@ class FullObjective:
         return data
 
     def run(self, policy: Policy | Schedule, shared: ProxyData, report: Report) -> None:
-        cfg = replace(self.target, eval_every=self.eval_every)
+        cfg = self.target.model_copy(update={"eval_every": self.eval_every})
         train_proxy(policy, shared, cfg,
                     on_epoch=lambda m: report(epoch_metrics(m, len(shared.val_y))) if m.val_acc is not None else None)
 

@@ -52,7 +52,7 @@ with a warning and rebuilt; an unwritable cache directory only warns. Array sour
 
 from ._common import DataError, DataLimits, ImageData
 from ._sources import load_dataset
-from .splits import Splits, make_splits, stratified_kfold, to_device_tensors
+from .splits import Splits, make_splits, prepare_data, stratified_kfold, to_device_tensors
 
 __all__ = [
     "DataError",
@@ -61,6 +61,7 @@ __all__ = [
     "Splits",
     "load_dataset",
     "make_splits",
+    "prepare_data",
     "stratified_kfold",
     "to_device_tensors",
 ]

@@ -1,10 +1,11 @@
-"""Seeded, stratified, disjoint index splits and k-fold partitions over ImageData labels."""
+"""Seeded, stratified, disjoint index splits and k-fold partitions over ImageData labels, and
+:func:`prepare_data`, the one way a campaign or a pipeline loads its dataset and splits it."""
 
 from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,7 @@ import numpy as np
 import torch
 
 from ._common import DataError, ImageData, index_tensor, one_line
+from ._sources import load_dataset
 
 SPLIT_NAMES = ("train", "val", "test", "unlabeled")
 
@@ -164,6 +166,19 @@ def make_splits(
         start += row
     rest = rng.permutation(np.concatenate([pool[s:] for pool, s in zip(pools, start, strict=True)]))
     return Splits(*parts, unlabeled=np.sort(rest[:unlabeled_size]), seed=int(seed))
+
+
+def prepare_data(dataset: str | os.PathLike[str] | ImageData, *, train_size: int,
+                 val_size: int | Callable[[int], int], test_size: int = 0, unlabeled_size: int | None = 0,
+                 seed: int = 0, decode_size: int | None = None) -> tuple[ImageData, Splits]:
+    """Load ``dataset`` (a :func:`load_dataset` spec, decoded at ``decode_size``, or data already loaded) and
+    make its stratified seeded splits (:func:`make_splits`). ``val_size`` may be a function of the number of
+    images; ``unlabeled_size=None`` makes every image outside train/val/test unlabelled."""
+    data = dataset if isinstance(dataset, ImageData) else load_dataset(dataset, decode_size=decode_size)
+    if callable(val_size):
+        val_size = val_size(len(data.labels))
+    return data, make_splits(data.labels, train_size=train_size, val_size=val_size, test_size=test_size,
+                             unlabeled_size=unlabeled_size, seed=seed)
 
 
 def stratified_kfold(indices: Any, labels: Any, k: int, seed: int = 0) -> list[tuple[np.ndarray, np.ndarray]]:

@@ -1,4 +1,5 @@
-"""What every full pipeline shares: a run folder with resumable training stages, data and policy inputs.
+"""What every full pipeline shares: its config base (:class:`PipelineConfig`), the policy input, and a run
+folder (default name :func:`run_name`) with resumable training stages.
 
 A pipeline (transfer, distill, self-train) is a sequence of named *stages*, each one call of the shared
 loop :func:`trainers.engine.fit`. :class:`Run` owns ``<output>/<name>/``::
@@ -26,16 +27,17 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
+from pydantic import Field, field_validator
 from torch import nn
 
 from search_spaces import Policy, PolicyError, load_policy
 from search_spaces.policy import one_line
 
-from ..data import ImageData, Splits, load_dataset, make_splits
+from ..data import ImageData, Splits, prepare_data
 from ..engine import (
     Augment,
     EpochMetrics,
@@ -50,9 +52,10 @@ from ..engine import (
     save_checkpoint,
 )
 from ..plotting import pyplot
+from ..settings import RunSettings, TrainingSettings
 
-__all__ = ["PIPELINES", "PipelineError", "Reporter", "Run", "StageEvent", "check_name", "load_policy_arg",
-           "make_config", "pipeline", "prepare_data"]
+__all__ = ["PIPELINES", "PipelineConfig", "PipelineError", "Reporter", "Run", "StageEvent", "check_name",
+           "load_policy_arg", "make_config", "pipeline", "run_name", "stage_summary"]
 
 METRIC_FIELDS = ("stage", *(f.name for f in fields(EpochMetrics)))
 
@@ -99,13 +102,45 @@ def load_policy_arg(spec: str | os.PathLike | Policy | None) -> Policy | None:
     return load_policy(spec)
 
 
-def prepare_data(dataset: str | ImageData, *, train_size: int, val_size: int, test_size: int,
-                 unlabeled_size: int = 0, seed: int = 0) -> tuple[ImageData, Splits]:
-    """Load ``dataset`` (any :func:`trainers.data.load_dataset` spec) and make stratified seeded splits."""
-    data = load_dataset(dataset) if isinstance(dataset, str) else dataset
-    splits = make_splits(data.labels, train_size=train_size, val_size=val_size, test_size=test_size,
-                         unlabeled_size=unlabeled_size, seed=seed)
-    return data, splits
+def run_name(prefix: str, dataset: str, seed: int) -> str:
+    """Default run folder name, stable so that ``resume`` finds it: ``<prefix>-<dataset stem>-seed<seed>``."""
+    stem = os.path.basename(str(dataset).rstrip("/\\")).split(".")[0] or "data"
+    stem = "".join(c if c.isalnum() or c in "-_" else "-" for c in stem)
+    return f"{prefix}-{stem}-seed{seed}"
+
+
+class PipelineConfig(TrainingSettings, RunSettings):
+    """What every pipeline run is given: a dataset and its split sizes, a seed, a policy and the shared
+    training settings. Bad values raise a one-line :class:`PipelineError` naming the key."""
+
+    error_type: ClassVar[type[ValueError]] = PipelineError
+
+    dataset: str = Field("sample", min_length=1)
+    train_size: int = Field(1000, ge=1)
+    val_size: int = Field(500, ge=0)
+    test_size: int = Field(1000, ge=1)
+    policy: str | None = None  # preset name or policy file, applied after base_augment
+
+    def split_data(self, data: ImageData | None = None) -> tuple[ImageData, Splits]:
+        """This run's dataset (or ``data``, already loaded) and its seeded splits (:func:`trainers.data.prepare_data`;
+        an unlabelled split where the pipeline has ``unlabeled_size``)."""
+        return prepare_data(self.dataset if data is None else data, train_size=self.train_size,
+                            val_size=self.val_size, test_size=self.test_size,
+                            unlabeled_size=getattr(self, "unlabeled_size", 0), seed=self.seed)
+
+    @field_validator("policy", mode="before")
+    @classmethod
+    def _policy_path(cls, v: Any) -> Any:
+        return os.fspath(v) if isinstance(v, os.PathLike) else v
+
+    @field_validator("policy")
+    @classmethod
+    def _policy_loads(cls, v: str | None) -> str | None:
+        try:
+            load_policy_arg(v)
+        except PolicyError as exc:
+            raise ValueError(str(exc)) from None
+        return v
 
 
 def _jsonable(obj: Any) -> Any:
@@ -324,14 +359,6 @@ def stage_summary(res: FitResult) -> dict[str, Any]:
             "images_per_s": round(sum(h.images_per_s for h in res.history) / max(len(res.history), 1), 1)}
 
 
-def check_policy(spec: Any) -> None:
-    """Raise :class:`PipelineError` unless ``spec`` loads as a policy (for config validation)."""
-    try:
-        load_policy_arg(spec)
-    except PolicyError as exc:
-        raise PipelineError(str(exc)) from None
-
-
 PIPELINES: dict[str, tuple[str, str, str]] = {  # name -> (module, config class, run function)
     "transfer": ("transfer", "TransferConfig", "run_transfer"),
     "distill": ("distill", "DistillConfig", "run_distill"),
@@ -350,14 +377,11 @@ def pipeline(kind: str) -> tuple[type, Callable[..., dict[str, Any]]]:
     return getattr(mod, config_cls), getattr(mod, run_fn)
 
 
-def make_config(kind: str, values: Mapping[str, Any]) -> Any:
+def make_config(kind: str, values: Mapping[str, Any]) -> PipelineConfig:
     """Build pipeline ``kind``'s config from plain values (YAML, flags); one-line PipelineError on a bad key."""
     config_cls, _ = pipeline(kind)
-    known = [f.name for f in fields(config_cls)]
+    known = list(config_cls.model_fields)
     for key in values:
         if key not in known:
             raise PipelineError(f"{key}: unknown setting for the {kind} pipeline (known: {', '.join(known)})")
-    try:
-        return config_cls(**values)
-    except TypeError as exc:
-        raise PipelineError(f"{kind} config: {exc}") from None
+    return config_cls(**values)

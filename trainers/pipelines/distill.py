@@ -15,105 +15,60 @@ that many images from outside the splits to the student's training set.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from typing import Any
 
 import torch
 import torch.nn.functional as F
+from pydantic import Field, field_validator, model_validator
 from torch import nn
 
 from search_spaces import Augmenter, BatchOp, Policy, preset
 
-from ..engine import AUX_WEIGHT, TrainConfig, channel_stats, evaluate, mixing_loss, select_device, step_generator
-from ..models import MODEL_NAMES, aux_logits, build_seeded, main_logits
+from ..engine import AUX_WEIGHT, channel_stats, evaluate, mixing_loss, select_device, step_generator
+from ..models import aux_logits, build_seeded, main_logits
 from ..proxy import build_augment
-from .common import PipelineError, Reporter, Run, check_policy, load_policy_arg, prepare_data, stage_summary
-from .teacher import (
-    ConfigDict,
-    ModelSpec,
-    check_model,
-    count_params,
-    is_int,
-    load_model,
-    renorm,
-    require,
-    run_name,
-    save_model,
-)
+from .common import PipelineError, Reporter, Run, load_policy_arg, run_name, stage_summary
+from .teacher import ModelSpec, TeacherStudentConfig, check_model, count_params, load_model, renorm, save_model
 
 __all__ = ["DistillConfig", "DistillLoss", "kd_loss", "run_distill"]
 
 
-@dataclass
-class DistillConfig(ConfigDict):
+class DistillConfig(TeacherStudentConfig):
     """A distillation run. Defaults suit the bundled sample on 2 CPU cores (about a minute in all).
 
     ``teacher``: path of a model checkpoint (:mod:`trainers.pipelines.teacher`); None trains one first
     (``teacher_model``/``teacher_kwargs``/``teacher_epochs``, ignored when a checkpoint is given).
     """
 
-    dataset: str = "sample"
-    train_size: int = 2000
-    val_size: int = 500
-    test_size: int = 1000
-    unlabeled_size: int = 0  # extra unlabelled images for the student (soft-only: needs alpha = 1)
-    seed: int = 0
-    policy: str | None = None  # preset name or policy file, applied after base_augment
-    base_augment: bool = True  # crop+flip
+    train_size: int = Field(2000, ge=1)
+    unlabeled_size: int = Field(0, ge=0)  # extra unlabelled images for the student (soft-only: needs alpha = 1)
     teacher: str | None = None
-    teacher_model: str = "proxy"
-    teacher_kwargs: dict[str, Any] = field(default_factory=lambda: {"width": 32})
-    teacher_epochs: int = 10
-    student_model: str = "proxy"
-    student_kwargs: dict[str, Any] = field(default_factory=lambda: {"width": 16})
-    temperature: float = 4.0
-    alpha: float = 0.9  # weight of the KD term; 1 = soft-only, 0 = the plain-CE twin (teacher unused)
-    mixup: float = 0.0  # Beta(mixup, mixup) mixup on every batch before both networks (1.0 = U[0, 1])
-    epochs: int = 10
-    batch_size: int = 128
-    lr: float = 0.2
-    weight_decay: float = 5e-4
-    label_smoothing: float = 0.0  # CE term and the in-run teacher (smoothed teachers distil worse)
-    dropout: float = 0.0  # student
-    num_threads: int | None = None
+    teacher_kwargs: dict[str, Any] = Field(default_factory=lambda: {"width": 32})
+    temperature: float = Field(4.0, gt=0)
+    alpha: float = Field(0.9, ge=0, le=1)  # weight of the KD term; 1 = soft-only, 0 = the plain-CE twin
+    mixup: float = Field(0.0, ge=0)  # Beta(mixup, mixup) mixup on every batch before both networks (1.0 = U[0, 1])
+    label_smoothing: float = Field(0.0, ge=0, lt=1)  # CE term and the in-run teacher (smoothed teachers distil worse)
 
-    def __post_init__(self) -> None:
-        require(isinstance(self.dataset, str) and bool(self.dataset), "dataset", "must be a non-empty string")
-        for name in ("train_size", "test_size", "epochs", "teacher_epochs", "batch_size"):
-            require(is_int(getattr(self, name)) and getattr(self, name) >= 1, name,
-                    f"must be an integer >= 1, got {getattr(self, name)!r}")
-        for name in ("val_size", "unlabeled_size", "seed"):
-            require(is_int(getattr(self, name)) and getattr(self, name) >= 0, name,
-                    f"must be an integer >= 0, got {getattr(self, name)!r}")
-        check_policy(self.policy)
-        require(self.temperature > 0, "temperature", f"must be > 0, got {self.temperature}")
-        require(0 <= self.alpha <= 1, "alpha", f"must be in [0, 1], got {self.alpha}")
-        require(self.mixup >= 0, "mixup", f"must be >= 0 (0 = off), got {self.mixup}")
-        require(self.lr > 0, "lr", f"must be > 0, got {self.lr}")
-        require(self.weight_decay >= 0, "weight_decay", f"must be >= 0, got {self.weight_decay}")
-        require(0 <= self.label_smoothing < 1, "label_smoothing", f"must be in [0, 1), got {self.label_smoothing}")
-        require(0 <= self.dropout < 1, "dropout", f"must be in [0, 1), got {self.dropout}")
-        require(self.num_threads is None or (is_int(self.num_threads) and self.num_threads >= 1), "num_threads",
-                f"must be None or >= 1, got {self.num_threads!r}")
-        require(self.unlabeled_size == 0 or self.alpha == 1, "unlabeled_size",
-                f"unlabelled images have no labels: needs alpha = 1 (soft-only), got alpha = {self.alpha}")
+    @field_validator("teacher", mode="before")
+    @classmethod
+    def _teacher_path(cls, v: Any) -> Any:
+        return os.fspath(v) if isinstance(v, os.PathLike) else v
+
+    @model_validator(mode="after")
+    def _consistent(self) -> DistillConfig:
+        if self.unlabeled_size and self.alpha != 1:
+            raise ValueError(f"unlabeled_size: unlabelled images have no labels: needs alpha = 1 (soft-only), "
+                             f"got alpha = {self.alpha}")
         policy = load_policy_arg(self.policy)
-        require(not (self.mixup and policy is not None and policy.batch_ops), "mixup",
-                "the policy already has batch ops (cutmix/mixup); set mixup to 0")
+        if self.mixup and policy is not None and policy.batch_ops:
+            raise ValueError("mixup: the policy already has batch ops (cutmix/mixup); set mixup to 0")
         if self.teacher is None:
-            require(self.teacher_model in MODEL_NAMES, "teacher_model",
-                    f"unknown model {self.teacher_model!r}; choose from {', '.join(MODEL_NAMES)}")
             check_model("teacher", self.teacher_model, self.teacher_kwargs)
-        else:
-            require(os.path.isfile(self.teacher), "teacher", f"no such checkpoint file: {self.teacher}")
-        require(self.student_model in MODEL_NAMES, "student_model",
-                f"unknown model {self.student_model!r}; choose from {', '.join(MODEL_NAMES)}")
+        elif not os.path.isfile(self.teacher):
+            raise ValueError(f"teacher: no such checkpoint file: {self.teacher}")
         check_model("student", self.student_model, self.student_kwargs, dropout=self.dropout)
-
-    def train_config(self, epochs: int) -> TrainConfig:
-        """The engine config of a stage of ``epochs`` epochs."""
-        return TrainConfig(epochs=epochs, batch_size=self.batch_size, lr=self.lr, weight_decay=self.weight_decay,
-                           label_smoothing=self.label_smoothing, seed=self.seed, num_threads=self.num_threads)
+        return self
 
 
 def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor | None, target: torch.Tensor, *,
@@ -187,8 +142,7 @@ def run_distill(config: DistillConfig, *, output: str = "results", name: str | N
     ``model.pt`` (and a trained-in-run teacher as ``teacher.pt``), both model checkpoints."""
     dev = select_device(str(device) if device is not None else None)
     policy = load_policy_arg(config.policy)
-    data, splits = prepare_data(config.dataset, train_size=config.train_size, val_size=config.val_size,
-                                test_size=config.test_size, unlabeled_size=config.unlabeled_size, seed=config.seed)
+    data, splits = config.split_data()
     num_classes, channels = len(data.classes), int(data.images.shape[1])
     teacher, tspec = None, None
     if config.teacher is not None:
@@ -209,7 +163,7 @@ def run_distill(config: DistillConfig, *, output: str = "results", name: str | N
         mixes = policy is not None and bool(policy.batch_ops)
         loss_fn = mixing_loss(Augmenter(policy), num_classes, config.label_smoothing) if mixes else None
         res = run.stage("teacher", teacher, data.images[train], data.labels[train], device=dev,
-                        config=config.train_config(config.teacher_epochs), val_x=val_xy[0], val_y=val_xy[1],
+                        config=config.train_config(epochs=config.teacher_epochs), val_x=val_xy[0], val_y=val_xy[1],
                         augment=augment, loss_fn=loss_fn)
         tspec = ModelSpec(config.teacher_model, dict(config.teacher_kwargs), num_classes, channels, res.mean,
                           res.std, tuple(data.classes))
@@ -230,7 +184,7 @@ def run_distill(config: DistillConfig, *, output: str = "results", name: str | N
     loss = DistillLoss(teacher, num_classes=num_classes, temperature=config.temperature, alpha=config.alpha,
                        label_smoothing=config.label_smoothing, student_norm=(mean, std),
                        teacher_norm=(tspec.mean, tspec.std), mixer=mixer, labelled=len(unl) == 0)
-    res = run.stage("student", student, x, y, config=replace(config.train_config(config.epochs), mean=mean, std=std),
+    res = run.stage("student", student, x, y, config=config.train_config(mean=mean, std=std),
                     device=dev, val_x=val_xy[0], val_y=val_xy[1], augment=augment, loss_fn=loss)
     stages["student"] = stage_summary(res)
     student_acc, _ = evaluate(student, data.images[test], data.labels[test], device=dev, mean=mean, std=std)

@@ -11,101 +11,52 @@ soft pseudo-labels are the teacher's softmax at ``temperature``, unsmoothed), al
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from pydantic import Field, model_validator
 
 from search_spaces import Augmenter
 
-from ..engine import TrainConfig, channel_stats, evaluate, mixing_loss, predict_logits, select_device
-from ..models import MODEL_NAMES, build_seeded
+from ..engine import channel_stats, evaluate, mixing_loss, predict_logits, select_device
+from ..models import build_seeded
 from ..proxy import build_augment
-from .common import PipelineError, Reporter, Run, check_policy, load_policy_arg, prepare_data
-from .teacher import (
-    ConfigDict,
-    ModelSpec,
-    check_model,
-    is_int,
-    require,
-    run_name,
-    save_model,
-)
+from .common import PipelineError, Reporter, Run, load_policy_arg, run_name
+from .teacher import ModelSpec, TeacherStudentConfig, check_model, save_model
 
 __all__ = ["PseudoLabels", "SelfTrainConfig", "pseudo_label", "run_self_train"]
 
 
-@dataclass
-class SelfTrainConfig(ConfigDict):
+class SelfTrainConfig(TeacherStudentConfig):
     """A Noisy-Student run. Defaults run on the bundled sample in about a minute on 2 CPU cores; the natural
-    setting is ``dataset="cifar10-jpeg", train_size=4000`` with the rest as the unlabelled pool."""
+    setting is ``dataset="cifar10-jpeg", train_size=4000`` with the rest as the unlabelled pool.
 
-    dataset: str = "sample"
-    train_size: int = 1000
-    val_size: int = 500
-    test_size: int = 1000
-    unlabeled_size: int | None = None  # None: every image outside train/val/test
-    seed: int = 0
-    policy: str | None = None  # the student's input noise (after base_augment); also used for the teacher
-    base_augment: bool = True
-    teacher_model: str = "proxy"
-    teacher_kwargs: dict[str, Any] = field(default_factory=lambda: {"width": 16})
-    teacher_epochs: int = 10
-    student_model: str = "proxy"  # equal or larger than the teacher (parameter count)
-    student_kwargs: dict[str, Any] = field(default_factory=lambda: {"width": 16})
-    epochs: int = 10  # per student
-    iterations: int = 2
-    dropout: float = 0.5  # before the final layer, teacher and students (the paper's 0.5)
-    stochastic_depth: float = 0.0  # students only; residual models only (e.g. resnet18: 0.2), 0 for proxy
+    ``policy`` is the student's input noise (after ``base_augment``), also used for the teacher; the student
+    must be equal or larger than the teacher (parameter count); ``epochs`` are per student."""
+
+    unlabeled_size: int | None = Field(None, ge=1)  # None: every image outside train/val/test
+    iterations: int = Field(2, ge=1)
+    dropout: float = Field(0.5, ge=0, lt=1)  # before the final layer, teacher and students (the paper's 0.5)
+    stochastic_depth: float = Field(0.0, ge=0, lt=1)  # students only; residual models only (resnet18: 0.2)
     soft: bool = True  # soft pseudo-labels (teacher softmax); False: hard (one-hot, label-smoothed)
-    temperature: float = 1.0  # of the soft pseudo-labels
-    threshold: float = 0.3  # keep pool images whose max teacher probability is >= this
+    temperature: float = Field(1.0, gt=0)  # of the soft pseudo-labels
+    threshold: float = Field(0.3, ge=0, le=1)  # keep pool images whose max teacher probability is >= this
     balance: bool = True  # cap/duplicate to per_class pseudo-labels per class
-    per_class: int | None = None  # None: pool size // classes
-    batch_size: int = 128
-    lr: float = 0.2
-    weight_decay: float = 5e-4
-    label_smoothing: float = 0.1
-    num_threads: int | None = None
+    per_class: int | None = Field(None, ge=1)  # None: pool size // classes
 
-    def __post_init__(self) -> None:
-        require(isinstance(self.dataset, str) and bool(self.dataset), "dataset", "must be a non-empty string")
-        for name in ("train_size", "test_size", "epochs", "teacher_epochs", "batch_size", "iterations"):
-            require(is_int(getattr(self, name)) and getattr(self, name) >= 1, name,
-                    f"must be an integer >= 1, got {getattr(self, name)!r}")
-        for name in ("val_size", "seed"):
-            require(is_int(getattr(self, name)) and getattr(self, name) >= 0, name,
-                    f"must be an integer >= 0, got {getattr(self, name)!r}")
-        for name in ("unlabeled_size", "per_class"):
-            v = getattr(self, name)
-            require(v is None or (is_int(v) and v >= 1), name, f"must be None or an integer >= 1, got {v!r}")
-        require(self.num_threads is None or (is_int(self.num_threads) and self.num_threads >= 1), "num_threads",
-                f"must be None or >= 1, got {self.num_threads!r}")
-        check_policy(self.policy)
-        require(self.temperature > 0, "temperature", f"must be > 0, got {self.temperature}")
-        require(0 <= self.threshold <= 1, "threshold", f"must be in [0, 1], got {self.threshold}")
-        require(self.lr > 0, "lr", f"must be > 0, got {self.lr}")
-        require(self.weight_decay >= 0, "weight_decay", f"must be >= 0, got {self.weight_decay}")
-        require(0 <= self.label_smoothing < 1, "label_smoothing", f"must be in [0, 1), got {self.label_smoothing}")
-        require(0 <= self.dropout < 1, "dropout", f"must be in [0, 1), got {self.dropout}")
-        require(0 <= self.stochastic_depth < 1, "stochastic_depth", f"must be in [0, 1), got {self.stochastic_depth}")
-        for role in ("teacher", "student"):
-            model = getattr(self, f"{role}_model")
-            require(model in MODEL_NAMES, f"{role}_model",
-                    f"unknown model {model!r}; choose from {', '.join(MODEL_NAMES)}")
+    @model_validator(mode="after")
+    def _student_not_smaller(self) -> SelfTrainConfig:
         t_params = check_model("teacher", self.teacher_model, self.teacher_kwargs, dropout=self.dropout)
         s_params = check_model("student", self.student_model, self.student_kwargs, dropout=self.dropout,
                                stochastic_depth=self.stochastic_depth)
-        require(s_params >= t_params, "student_model",
-                f"the student must be equal or larger than the teacher: {self.student_model}({self.student_kwargs}) "
-                f"has {s_params:,} parameters, {self.teacher_model}({self.teacher_kwargs}) {t_params:,}")
-
-    def train_config(self, epochs: int, label_smoothing: float) -> TrainConfig:
-        """The engine config of a stage of ``epochs`` epochs."""
-        return TrainConfig(epochs=epochs, batch_size=self.batch_size, lr=self.lr, weight_decay=self.weight_decay,
-                           label_smoothing=label_smoothing, seed=self.seed, num_threads=self.num_threads)
+        if s_params < t_params:
+            raise ValueError(f"student_model: the student must be equal or larger than the teacher: "
+                             f"{self.student_model}({self.student_kwargs}) has {s_params:,} parameters, "
+                             f"{self.teacher_model}({self.teacher_kwargs}) {t_params:,}")
+        return self
 
 
 @dataclass
@@ -188,8 +139,7 @@ def run_self_train(config: SelfTrainConfig, *, output: str = "results", name: st
     student as ``model.pt`` (a model checkpoint, usable as a distillation teacher)."""
     dev = select_device(str(device) if device is not None else None)
     policy = load_policy_arg(config.policy)
-    data, splits = prepare_data(config.dataset, train_size=config.train_size, val_size=config.val_size,
-                                test_size=config.test_size, unlabeled_size=config.unlabeled_size, seed=config.seed)
+    data, splits = config.split_data()
     if len(splits.unlabeled) == 0:
         raise PipelineError(f"unlabeled_size: no images left for the unlabelled pool in {config.dataset} after "
                             f"train/val/test = {config.train_size}/{config.val_size}/{config.test_size}")
@@ -208,7 +158,7 @@ def run_self_train(config: SelfTrainConfig, *, output: str = "results", name: st
     model = build_seeded(config.teacher_model, k, channels, config.teacher_kwargs, config.seed,
                          dropout=config.dropout)
     res = run.stage("teacher", model, train_x, train_y, device=dev, val_x=val_x, val_y=val_y, augment=augment,
-                    config=config.train_config(config.teacher_epochs, config.label_smoothing),
+                    config=config.train_config(epochs=config.teacher_epochs),
                     loss_fn=mixing_loss(Augmenter(policy), k, config.label_smoothing) if batch_ops else None)
     mean, std = res.mean, res.std
     teacher_acc, _ = evaluate(model, test_x, test_y, device=dev, mean=mean, std=std)
@@ -230,7 +180,7 @@ def run_self_train(config: SelfTrainConfig, *, output: str = "results", name: st
         s_mean, s_std = channel_stats(x)
         student = build_seeded(config.student_model, k, channels, config.student_kwargs, config.seed + i,
                                dropout=config.dropout, stochastic_depth=config.stochastic_depth)
-        tc = replace(config.train_config(config.epochs, 0.0), mean=s_mean, std=s_std)  # smoothing is in y
+        tc = config.train_config(label_smoothing=0.0, mean=s_mean, std=s_std)  # smoothing is in y
         res = run.stage(f"student-{i}", student, x, y, config=tc, device=dev, val_x=val_x, val_y=val_y,
                         augment=augment, loss_fn=mixing_loss(Augmenter(policy), k, 0.0) if batch_ops else None)
         student_acc, _ = evaluate(student, test_x, test_y, device=dev, mean=s_mean, std=s_std)

