@@ -15,10 +15,10 @@ as FAIL and shows up in ``trials.csv`` with its error; the campaign still runs `
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
-import pickle
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -205,14 +205,23 @@ class CampaignSearch(Searcher):
             self._record_rerun(trial_id, state, value)
 
     def save(self, checkpoint_path: str) -> None:
-        with open(checkpoint_path, "wb") as f:
-            pickle.dump(self.__getstate__(), f)
+        """The bookkeeping that changes during the experiment, as JSON (data, never code); the space, sampler
+        and storage come from the constructor, and the study itself lives in its storage."""
+        state = {"numbers": self._numbers, "told": sorted(self._told),
+                 "reports": {tid: {str(step): v for step, v in steps.items()} for tid, steps in self._reports.items()}}
+        with open(checkpoint_path, "w", encoding="utf-8") as f:
+            json.dump(state, f)
 
     def restore(self, checkpoint_path: str) -> None:
         """Restore the state of Tune's last snapshot, then reconcile it with the study: count the trials that
         finished in the study after the snapshot, unknown to it (not those FAILed as stale by resume)."""
-        with open(checkpoint_path, "rb") as f:
-            self.__dict__.update(pickle.load(f))
+        with open(checkpoint_path, encoding="utf-8") as f:
+            state = json.load(f)
+        self._numbers = {str(tid): int(n) for tid, n in state["numbers"].items()}
+        self._told = set(state["told"])
+        self._reports = {tid: {int(step): float(v) for step, v in steps.items()}
+                         for tid, steps in state["reports"].items()}
+        self._study, self._live = None, {}
         stale = stale_numbers(self.study)
         self._recovered = sum(1 for t in self.study.get_trials(deepcopy=False)
                               if t.state.is_finished() and t.number not in stale

@@ -9,7 +9,10 @@ where libraries disagree.
 
 Kernels take a float batch ``(b, C, H, W)`` in ``[0, 1]`` and per-sample values ``(b,)``, so one call
 augments every sample that drew the op, each with its own magnitude. Geometric ops are not kernels
-but affine matrices (:func:`affine_matrices`), so the augmenter fuses them into one warp.
+but affine matrices (:func:`affine_matrices`), so the augmenter fuses them into one warp. Each op has our
+written-out kernel (:data:`OURS_KERNELS`) and, where Kornia has one, Kornia's functional kernel
+(:data:`KORNIA_KERNELS`); :data:`KERNEL_SOURCE` records which one runs, as measured by
+``benchmarks/kornia_kernels.py`` (Kornia's where it matches torchvision and is not slower).
 
 Batch-level ops (``cutmix``, ``mixup``) live in :data:`BATCH_OPS`; they need labels and run after
 the per-sample policy. Lambda convention: ``lam`` is the weight of the *original* sample (as in
@@ -138,7 +141,8 @@ def _to_uint8_levels(x: Tensor) -> Tensor:
 def _posterize(x: Tensor, v: Tensor, ctx: OpContext) -> Tensor:
     """uint8 semantics: keep the top ``bits`` bits of ``round(255 x)``, i.e. round down to a multiple of
     ``2 ** (8 - bits)`` (exact in float: powers of two), in place on one buffer. kornia's posterize
-    truncates ``x * 255`` instead of rounding."""
+    truncates ``x * 255`` instead of rounding: the same on images that came from uint8, a whole step apart
+    on about 9% of values off that grid (after an earlier warp or blend)."""
     step = _per_sample(torch.exp2(8.0 - v.to(x.dtype)))
     return _to_uint8_levels(x).div_(step).floor_().mul_(step).div_(255.0)
 
@@ -164,7 +168,9 @@ def _autocontrast(x: Tensor, v: Tensor, ctx: OpContext) -> Tensor:
 def _equalize(x: Tensor, v: Tensor, ctx: OpContext) -> Tensor:
     """``TF.equalize`` (the reference: PIL's LUT per channel) written out; same output, bit for bit.
 
-    kornia's equalize bins differently (about 1% of pixels move by one level). Compared with torchvision's
+    kornia's equalize bins ``int(255 x)`` where torchvision bins ``int(255.999 x)``: the same on images that
+    came from uint8, up to 81 levels apart on values off that grid (after an earlier warp or blend), and it
+    returns a channel PIL leaves alone unquantised. Compared with torchvision's
     kernel, this builds each channel's LUT directly as float levels (a channel that PIL leaves alone gets
     the identity LUT) and gathers the output from it: one pass over the pixels instead of a uint8 gather,
     a ``where`` and a conversion back to float.
@@ -252,7 +258,8 @@ def _pad_crop(x: Tensor, v: Tensor, ctx: OpContext) -> Tensor:
     """Pad by ``p = round(v * size)`` pixels (fill colour), then crop at a uniform integer offset.
 
     This is torchvision's ``RandomCrop(size, padding=p, fill=fill)``: content shifts by an integer in
-    ``[-p, p]`` on each axis.
+    ``[-p, p]`` on each axis. The crop here is one gather; ``_kornia_pad_crop`` crops the same windows with
+    ``kornia.geometry.transform.crop_by_indices`` (same pixels).
     """
     b, c, h, w = x.shape
     padded, oy, ox = _pad_crop_window(x, v, ctx)
@@ -352,8 +359,8 @@ def _warp(x: Tensor, matrices: Tensor, ctx: OpContext) -> Tensor:
 
 
 def _kornia():
-    """kornia, imported on first use: no kernel of the registry runs it (``KERNEL_SOURCE``), and importing it
-    costs about a second in every process that imports this package."""
+    """kornia, imported on first use (the first ``pad_crop`` batch): importing it costs about a second, which a
+    process that never augments (the campaign driver, the command line) does not pay."""
     import kornia
 
     return kornia
@@ -385,6 +392,8 @@ def _kornia_cutout(x: Tensor, v: Tensor, ctx: OpContext) -> Tensor:
 
 
 def _kornia_pad_crop(x: Tensor, v: Tensor, ctx: OpContext) -> Tensor:
+    """``_pad_crop``'s windows (same draws) cut by ``crop_by_indices``: one ``cat`` of per-sample slices, which
+    beat our gather on CPU (it reads the boxes back to the host: one sync per call on CUDA)."""
     h, w = x.shape[-2:]
     padded, oy, ox = _pad_crop_window(x, v, ctx)
     if padded is None:
@@ -429,7 +438,7 @@ KORNIA_KERNELS: dict[str, Callable[[Tensor, Tensor, OpContext], Tensor]] = {
 KERNEL_SOURCE: dict[str, str] = {
     "warp": "ours", "identity": "ours", "brightness": "ours", "color": "ours", "contrast": "ours",
     "sharpness": "ours", "posterize": "ours", "solarize": "ours", "solarize_add": "ours", "autocontrast": "ours",
-    "equalize": "ours", "invert": "ours", "grayscale": "ours", "hflip": "ours", "cutout": "ours", "pad_crop": "ours",
+    "equalize": "ours", "invert": "ours", "grayscale": "ours", "hflip": "ours", "cutout": "ours", "pad_crop": "kornia",
 }
 
 
