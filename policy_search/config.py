@@ -24,7 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from search_spaces import PolicyError
 from search_spaces.policy import one_line
 from search_spaces.spaces import SPACES_BY_NAME, baseline_params, check_ops, grid_space
-from trainers.settings import TrainingKnobs  # the trainers' knobs: the proxy budget and the target recipe
+from trainers.settings import TrainingKnobs, describe_error  # the knobs of the proxy budget and the target
 
 __all__ = ["CampaignConfig", "TrainingKnobs", "ProxyBudget", "TargetRecipe", "FinetuneOptions", "RaceOptions",
            "PBTOptions", "Resources", "ConfigError", "load_config", "validate_config", "PASSWORD_ENV",
@@ -152,8 +152,9 @@ class CampaignConfig(_Model):
     baselines: list[str] | None = None  # None: the space's natural baseline (RandAugment(2, 9) for randaugment)
     top_k: int = Field(3, ge=1)
     reuse_actors: bool = True  # run trials in reused Ray workers (False: a fresh worker process per trial)
-    trial_timeout_s: float | None = Field(None, gt=0)  # a search trial running longer fails: "timed out after N s"
-    max_failures: int = Field(1, ge=0)  # retries of a search trial whose worker process died (not of its errors)
+    trial_timeout_s: float | None = Field(None, gt=0)  # a trial (PBT member) running longer fails
+    max_failures: int = Field(1, ge=0)  # reruns of a trial whose worker died (a PBT member: from its last checkpoint)
+    storage_retry_s: float = Field(60.0, ge=0)  # how long a study call retries an unreachable storage, then stops
     tracking: list[Literal["mlflow", "wandb"]] = Field(default_factory=list)  # besides TensorBoard (always)
     dashboard: bool = False  # start the Ray dashboard with a local Ray (http://127.0.0.1:8265)
 
@@ -339,29 +340,6 @@ def _strip_password(url: str) -> str:
         return _mask(url)
 
 
-def _one_line(exc: ValidationError) -> str:
-    err = exc.errors()[0]
-    loc = ".".join(str(p) for p in err["loc"])
-    ctx, kind, got = err.get("ctx") or {}, err["type"], err.get("input")
-    bounds = {"greater_than_equal": (">=", "ge"), "greater_than": (">", "gt"),
-              "less_than_equal": ("<=", "le"), "less_than": ("<", "lt")}
-    if kind in bounds:
-        op, key = bounds[kind]
-        bound = ctx[key]
-        msg = f"must be {op} {bound:g}, got {got!r}" if isinstance(bound, int | float) else f"must be {op} {bound}"
-    elif kind == "extra_forbidden":
-        msg = "unknown field"
-    elif kind == "literal_error":
-        msg = f"must be one of {ctx.get('expected')}, got {got!r}"
-    elif kind == "value_error":
-        msg = str(ctx.get("error", err["msg"]))
-        if not loc and ": " in msg:  # model-level check that names its own field
-            return msg.replace("\n", " ")
-    else:
-        msg = f"{err['msg'].lower()}, got {got!r}" if "input" in err else err["msg"].lower()
-    return f"{loc or 'config'}: {msg}".replace("\n", " ")
-
-
 def _set_dotted(d: dict[str, Any], key: str, value: Any) -> None:
     parts = key.split(".")
     for p in parts[:-1]:
@@ -400,4 +378,4 @@ def validate_config(data: Mapping[str, Any] | CampaignConfig) -> CampaignConfig:
     try:
         return CampaignConfig.model_validate(dict(data))
     except ValidationError as exc:
-        raise ConfigError(_one_line(exc)) from None
+        raise ConfigError(describe_error(exc, CampaignConfig)) from None

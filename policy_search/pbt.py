@@ -42,6 +42,7 @@ from trainers.proxy import ProxyConfig, ProxyData, train_proxy
 
 from .config import CampaignConfig
 from .race import RaceResult, race_entries, run_race
+from .reliability import guard_trainable
 from .session import (
     TUNE_NAME,
     CampaignResult,
@@ -190,7 +191,9 @@ def _tuner(config: CampaignConfig, trainable: Any) -> tune.Tuner:
                                     reuse_actors=True),  # exploits and pauses restart the function, not the worker
         run_config=tune.RunConfig(
             name=TUNE_NAME, storage_path=str(config.folder), stop={"training_iteration": config.proxy.epochs},
-            failure_config=tune.FailureConfig(max_failures=0), verbose=0,
+            # a member whose worker (or node) died runs again from its latest checkpoint; an error it raised is not
+            # retried (the trial guard replays it)
+            failure_config=tune.FailureConfig(max_failures=config.max_failures), verbose=0,
             checkpoint_config=tune.CheckpointConfig(num_to_keep=None),  # an exploit may read any member's latest
             callbacks=[_ProgressCallback(str(config.folder), total)]),
     )
@@ -199,8 +202,7 @@ def _tuner(config: CampaignConfig, trainable: Any) -> tune.Tuner:
 def _trainable(config: CampaignConfig, proxy_data: ProxyData) -> Any:
     ops, copies = _space(config)
     job = MemberJob(ops, copies, proxy_config(config).to_dict(), config.seed, config.pbt.perturbation_interval)
-    resources = {"cpu": config.resources.cpu, "gpu": config.resources.gpu}
-    return tune.with_resources(tune.with_parameters(run_member, job=job, data=proxy_data), resources)
+    return guard_trainable(config, tune.with_parameters(run_member, job=job, data=proxy_data))
 
 
 @contextmanager

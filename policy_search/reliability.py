@@ -4,10 +4,10 @@ worker, a Ctrl-C, a resume with an edited config, and Tune's pickled state on di
 * **Trial guard** (:func:`guard_trainable`, runs in the Ray worker): a trial running longer than
   ``trial_timeout_s`` gets :class:`TrialTimeout` ("timed out after N s"). Ray Tune's ``FailureConfig(max_failures)``
   retries every failed trial, the ones that raised included, so the guard keeps errors from being retried: a trial
-  that raises records its error (``<folder>/trial_errors/<trial id>.json``) and a retry of it raises the same error
-  again at once, without running. Only a trial whose worker process died (a system failure: no record) really runs
-  again, up to ``max_failures`` times. An allocation past the memory limit is reported as ``MemoryError: out of
-  memory ...``.
+  that raises records its error (``<folder>/trial_errors/<driver run>/<trial id>.json``) and a retry of it in the
+  same driver run raises the same error again at once, without running. Only a trial whose worker process died (a
+  system failure: no record) really runs again, up to ``max_failures`` times. An allocation past the memory limit
+  is reported as ``MemoryError: out of memory ...``.
 * **Ctrl-C** (:class:`InterruptWatch`, a Tune callback in the driver): the first SIGINT still ends the Tune run
   gracefully (Tune's own handler: it saves the experiment), and the callback records which trials were cut
   short, so the campaign marks them ``INTERRUPTED`` (``trials.csv``) and FAIL (study, as stale), writes the results,
@@ -17,6 +17,10 @@ worker, a Ctrl-C, a resume with an edited config, and Tune's pickled state on di
   ``<folder>/tune_state.sha256``, and resume refuses state whose signature does not match.
 * **Resume config** (:func:`resume_plan`): resume compares ``config.yaml`` with ``config.started.yaml`` (written
   when the campaign started); a change that alters what the finished trials mean is refused, naming the keys.
+* **Storage outage** (:func:`retry_storage`, :class:`StorageUnavailable`): every study call of the searcher retries
+  an unreachable storage with backoff for ``storage_retry_s``; past that the searcher keeps the results the study
+  could not take in ``<folder>/pending_tells.json`` (:func:`write_pending`), the experiment stops and resume tells
+  them to the study before anything else.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ import ctypes
 import hashlib
 import hmac
 import json
+import logging
 import math
 import os
 import re
@@ -49,17 +54,23 @@ from search_spaces.files import atomic_write_text
 from .config import CampaignConfig, validate_config
 from .session import STARTED_CONFIG, CampaignError, tune_dir
 
-__all__ = ["CampaignInterrupted", "TrialTimeout", "UntrustedState", "INTERRUPTED", "MARKER_DIR", "STATE_SIGNATURES",
-           "KEY_ENV", "STARTED_CONFIG", "RESUME_LOG", "guard_trainable", "clear_trial_records", "InterruptWatch",
-           "take_interrupted", "mark_interrupted", "StateSigner", "sign_tuner_file", "verify_tune_state",
-           "set_tune_state_aside", "ResumePlan", "resume_plan", "log_resume", "hmac_key"]
+__all__ = ["CampaignInterrupted", "TrialTimeout", "UntrustedState", "StorageUnavailable", "INTERRUPTED", "MARKER_DIR",
+           "STATE_SIGNATURES", "KEY_ENV", "STARTED_CONFIG", "RESUME_LOG", "guard_trainable", "run_records_dir",
+           "clear_trial_records",
+           "InterruptWatch", "take_interrupted", "mark_interrupted", "StateSigner", "sign_tuner_file",
+           "verify_tune_state", "set_tune_state_aside", "ResumePlan", "resume_plan", "log_resume", "hmac_key",
+           "PENDING_TELLS", "is_storage_outage", "retry_storage", "write_pending", "read_pending", "outage_message"]
+
+logger = logging.getLogger(__name__)
 
 INTERRUPTED = "INTERRUPTED"  # trials.csv status of a trial cut short by Ctrl-C (resume runs it again)
-MARKER_DIR = "trial_errors"  # <folder>/trial_errors/<trial id>.json: the error a retry of that trial raises again
+MARKER_DIR = "trial_errors"  # <folder>/trial_errors/<run>/<trial id>.json: the error a retry (same run) raises again
 INTERRUPT_FILE = "interrupted.json"  # written by InterruptWatch when a SIGINT ended the Tune run
 STATE_SIGNATURES = "tune_state.sha256"  # signed digests of the Tune state files this machine wrote
 KEY_ENV = "POLICY_SEARCH_HMAC_KEY"  # overrides the key file (tests, shared service accounts)
 RESUME_LOG = "resume_log.jsonl"  # one line per resume: when, what changed, how it resumed
+PENDING_TELLS = "pending_tells.json"  # results a storage outage kept from the study (resume tells them)
+RETRY_FIRST_S, RETRY_MAX_S = 0.5, 10.0  # storage retries: the first wait, doubling up to this
 
 
 class CampaignInterrupted(CampaignError):
@@ -72,6 +83,11 @@ class TrialTimeout(RuntimeError):
 
 class UntrustedState(CampaignError):
     """Tune's saved state in ``tune/`` does not match the signatures this machine wrote (or has none)."""
+
+
+class StorageUnavailable(CampaignError):
+    """The study's storage stayed unreachable for ``storage_retry_s``; one line naming the storage (never its
+    password), how long and the last error."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -87,7 +103,7 @@ def guard_trainable(config: CampaignConfig, trainable: Callable[[dict[str, Any]]
     """``trainable`` (a function trainable, e.g. ``tune.with_parameters(run_trial, ...)``) wrapped by the trial
     guard (see the module docstring), with the campaign's per-trial resources. The wrapper keeps the trainable's
     name, the key ``Tuner.restore`` checks."""
-    markers = str(config.folder / MARKER_DIR)
+    markers = str(run_records_dir(config.folder))
     timeout = config.trial_timeout_s
 
     def guarded(trial_config: dict[str, Any]) -> Any:
@@ -95,6 +111,13 @@ def guard_trainable(config: CampaignConfig, trainable: Callable[[dict[str, Any]]
 
     guarded.__name__ = guarded.__qualname__ = getattr(trainable, "__name__", "trainable")
     return tune.with_resources(guarded, {"cpu": config.resources.cpu, "gpu": config.resources.gpu})
+
+
+def run_records_dir(folder: str | os.PathLike) -> Path:
+    """A new folder for one driver run's trial error records, ``<folder>/trial_errors/<random>``. A resume is a new
+    run: a worker of a killed driver that outlives it and records its error late cannot make the resumed run's
+    attempt of that trial replay the error."""
+    return Path(folder) / MARKER_DIR / secrets.token_hex(6)
 
 
 def run_guarded(trainable: Callable[[dict[str, Any]], Any], config: dict[str, Any], markers: str,
@@ -518,10 +541,118 @@ def set_tune_state_aside(folder: Path) -> Path | None:
 
 
 # ---------------------------------------------------------------------------------------------
+# Storage outage (driver side)
+
+
+def _outage_cause(exc: BaseException) -> BaseException | None:
+    """The error in ``exc``'s explicit cause chain that says the storage is unreachable, else ``None``."""
+    from sqlalchemy import exc as sa
+
+    seen: set[int] = set()
+    current: BaseException | None = None if isinstance(exc, StorageUnavailable) else exc  # (given up already)
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, sa.OperationalError | sa.InterfaceError | sa.DisconnectionError | sa.TimeoutError
+                      | OSError):
+            return current  # OSError: ConnectionError, a socket or file the storage could not reach
+        if isinstance(current, sa.DBAPIError) and current.connection_invalidated:
+            return current
+        current = current.__cause__  # Optuna raises StorageInternalError from the SQLAlchemy error
+    return None
+
+
+def is_storage_outage(exc: BaseException) -> bool:
+    """Whether ``exc`` (or what it was raised from) is a storage or connection failure worth retrying:
+    SQLAlchemy's ``OperationalError``/``InterfaceError``/a dropped connection, ``ConnectionError``, ``OSError``;
+    not a programming error (``IntegrityError``, ``ProgrammingError``, ``ValueError``, ...)."""
+    return _outage_cause(exc) is not None
+
+
+def _shown(url: str) -> tuple[str, str | None]:
+    """The storage URL without its password, and the password (to keep it out of messages)."""
+    try:
+        from sqlalchemy.engine import make_url
+
+        parsed = make_url(url)
+        return parsed._replace(password=None).render_as_string(hide_password=False), parsed.password
+    except Exception:  # noqa: BLE001 - not a URL: show nothing of it
+        return "the study storage", None
+
+
+def retry_storage(call: Callable[[], Any], *, window_s: float, storage: str, what: str = "",
+                  sleep: Callable[[float], None] = time.sleep, clock: Callable[[], float] = time.monotonic) -> Any:
+    """``call()``, retried while it fails with a storage outage (:func:`is_storage_outage`): waits of
+    ``RETRY_FIRST_S`` doubling up to ``RETRY_MAX_S`` until ``window_s`` seconds have passed since the first failure,
+    then :class:`StorageUnavailable` (one line naming ``storage`` without its password). Any other error is
+    raised at once. The call must be safe to repeat (Optuna's ``tell(skip_if_finished=True)``, ``report``,
+    ``set_user_attr``, ``create_study(load_if_exists=True)``, ...)."""
+    deadline: float | None = None
+    delay = RETRY_FIRST_S
+    while True:
+        try:
+            result = call()
+        except Exception as exc:
+            cause = _outage_cause(exc)
+            if cause is None:
+                raise
+            now = clock()
+            if deadline is None:
+                deadline = now + window_s
+                shown, _ = _shown(storage)
+                logger.warning("storage %s unreachable%s (%s); retrying for up to %g s", shown,
+                               f" ({what})" if what else "", type(cause).__name__, window_s)
+            left = deadline - now
+            if left <= 0:
+                shown, password = _shown(storage)
+                detail = one_line(getattr(cause, "orig", None) or cause)
+                if password:
+                    detail = detail.replace(password, "***")
+                raise StorageUnavailable(f"storage: {shown} unreachable for {window_s:g} s ({detail})") from exc
+            sleep(min(delay, left))
+            delay = min(delay * 2, RETRY_MAX_S)
+            continue
+        if deadline is not None:
+            logger.warning("storage %s reachable again%s", _shown(storage)[0], f" ({what})" if what else "")
+        return result
+
+
+def write_pending(folder: str | os.PathLike, failure: str, tells: list[dict[str, Any]]) -> Path:
+    """``<folder>/pending_tells.json`` (atomic): the storage failure and the results the study could not take,
+    one ``{"number", "tune_trial_id", "state", "value", "reports": {step: value}, "rerun"}`` each."""
+    doc = {"failure": failure, "at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "tells": tells}
+    return atomic_write_text(Path(folder) / PENDING_TELLS, json.dumps(doc, indent=1, allow_nan=False) + "\n")
+
+
+def read_pending(folder: str | os.PathLike) -> dict[str, Any] | None:
+    """The record :func:`write_pending` left (``None``: no outage stopped the campaign); CampaignError (one line)
+    for a file that is not such a record."""
+    path = Path(folder) / PENDING_TELLS
+    try:
+        doc = json.loads(path.read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as exc:
+        raise CampaignError(f"{path}: unreadable ({one_line(exc)}); fix or restore it (it holds results not yet in "
+                            "the study)") from None
+    tells = doc.get("tells") if isinstance(doc, dict) else None
+    if not isinstance(tells, list) or not all(isinstance(t, dict) and isinstance(t.get("number"), int)
+                                              and t.get("state") in ("COMPLETE", "PRUNED", "FAIL") for t in tells):
+        raise CampaignError(f"{path}: not a pending-results record; fix or restore it (it holds results not yet in "
+                            "the study)")
+    return doc
+
+
+def outage_message(folder: Path, pending: dict[str, Any]) -> str:
+    """The campaign's one line after a storage outage stopped it."""
+    return (f"{pending.get('failure') or 'storage unreachable'}; {len(pending['tells'])} finished result(s) kept in "
+            f"{PENDING_TELLS}; continue with: policy-search resume {folder}")
+
+
+# ---------------------------------------------------------------------------------------------
 # Resume with a changed config
 
 #: Keys a resume applies as they are (the Ray session, the trial guard, what runs after the search).
-APPLIED_KEYS = ("ray_address", "num_cpus", "dashboard", "trial_timeout_s", "top_k", "race.")
+APPLIED_KEYS = ("ray_address", "num_cpus", "dashboard", "trial_timeout_s", "storage_retry_s", "top_k", "race.")
 #: Keys Ray Tune keeps from the saved experiment (``Tuner.restore`` restores them with its state), so a change
 #: continues the campaign from its study in a new Tune experiment (``num_trials`` may only grow).
 CONTINUE_KEYS = ("num_trials", "max_concurrent", "resources.", "max_failures", "tracking", "reuse_actors")

@@ -38,6 +38,7 @@ for _key, _value in RAY_ENV.items():
 import optuna  # noqa: E402
 import ray  # noqa: E402
 import yaml  # noqa: E402
+from ray.exceptions import AuthenticationError  # noqa: E402
 
 from search_spaces.files import atomic_write_text  # noqa: E402
 from trainers.data import prepare_data as load_and_split  # noqa: E402
@@ -126,7 +127,11 @@ class SecretStorage(optuna.storages.RDBStorage):
 def study_storage(config: CampaignConfig) -> optuna.storages.RDBStorage:
     """The campaign's Optuna storage (SQLite in the folder unless ``storage`` names a database)."""
     url = config.storage_url()
-    kwargs = {"connect_args": {"timeout": 30}} if url.startswith("sqlite") else None
+    kwargs = None
+    if url.startswith("sqlite"):
+        kwargs = {"connect_args": {"timeout": 30}}  # seconds to wait on a locked database file
+    elif url.startswith("postgresql"):  # a host that drops packets fails a connection in 10 s, not minutes
+        kwargs = {"connect_args": {"connect_timeout": 10}}  # (inside the storage_retry_s window, retried)
     return SecretStorage(url, engine_kwargs=kwargs)
 
 
@@ -221,7 +226,14 @@ def ray_session(config: CampaignConfig) -> Iterator[None]:
         yield
         return
     if config.ray_address:
-        ray.init(address=config.ray_address, log_to_driver=False)
+        try:
+            ray.init(address=config.ray_address, log_to_driver=False)
+        except (ConnectionError, AuthenticationError) as exc:
+            detail = next((line.strip() for line in str(exc).splitlines() if line.strip()), "no detail")
+            raise CampaignError(
+                f"ray_address: cannot join the Ray cluster at {config.ray_address} ({type(exc).__name__}: {detail}); "
+                "is it running, and does this driver have its token when the cluster uses token auth "
+                "(RAY_AUTH_MODE=token with RAY_AUTH_TOKEN or ~/.ray/auth_token, as on the nodes)?") from None
     else:
         ray.init(address="local", num_cpus=config.num_cpus or os.cpu_count(), include_dashboard=config.dashboard,
                  log_to_driver=False, logging_level=logging.WARNING)

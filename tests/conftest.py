@@ -14,6 +14,9 @@ import torch
 from PIL import Image
 
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")  # tests show every worker's log line (read when Ray is imported)
+from ray import cloudpickle  # noqa: E402
+
+from policy_search.config import PASSWORD_ENV  # noqa: E402
 from policy_search.session import RAY_ENV  # noqa: E402  (the campaigns' quiet Ray settings)
 
 for key, value in RAY_ENV.items():  # (importing the module applies them too; kept explicit here)
@@ -58,6 +61,63 @@ def ray_local():
     if not ray.is_initialized():
         ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield
+
+
+# Ray workers cannot import this module (tests/ is on the test process's path only): a trainable that calls a helper
+# from here carries the helper by value.
+cloudpickle.register_pickle_by_value(sys.modules[__name__])
+
+
+def take_ticket(folder: Path) -> int:
+    """The next free ticket number (0, 1, 2, ...) in ``folder``: exclusive file creation is atomic across
+    processes, so the trials of a campaign (in Ray workers) each get a distinct role, whatever order they run in."""
+    n = 0
+    while True:
+        try:
+            os.close(os.open(Path(folder) / f"ticket-{n}", os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+            return n
+        except FileExistsError:
+            n += 1
+
+
+PG_URL_ENV = "POLICY_SEARCH_TEST_PG_URL"
+
+
+def _pg_unavailable(reason: str) -> None:
+    if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+        pytest.fail(f"PostgreSQL required in CI: {reason}")
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="module")
+def pg_url() -> str:
+    """The test PostgreSQL server's URL without a password (the password is in ``$POLICY_SEARCH_DB_PASSWORD``).
+
+    ``.ci/run`` starts the server (``.ci/postgres``) and exports both. Without them the test skips, except under
+    CI (``CI=true``), where it fails."""
+    url, password = os.environ.get(PG_URL_ENV), os.environ.get(PASSWORD_ENV)
+    if not url or not password:
+        _pg_unavailable(f"${PG_URL_ENV} and ${PASSWORD_ENV} not set (run: eval \"$(.ci/postgres)\")")
+    try:
+        import psycopg2  # noqa: F401
+    except ImportError:
+        _pg_unavailable("psycopg2 is not installed (the [postgres] extra)")
+    import optuna
+    import sqlalchemy
+    from sqlalchemy.engine import make_url
+
+    assert make_url(url).password is None, f"${PG_URL_ENV} must not carry the password"
+    full = make_url(url).set(password=password).render_as_string(hide_password=False)
+    engine = sqlalchemy.create_engine(full)
+    try:
+        with engine.connect() as conn:
+            conn.execute(sqlalchemy.text("SELECT 1"))
+    except sqlalchemy.exc.OperationalError as exc:
+        _pg_unavailable(f"cannot connect to {url}: {str(exc).splitlines()[0]}")
+    finally:
+        engine.dispose()
+    optuna.storages.RDBStorage(full)  # Optuna's tables exist before two drivers open the database at once
+    return url
 
 
 def pytest_sessionfinish(session, exitstatus):

@@ -15,7 +15,6 @@ The all-trials-diverge case (no best policy at all) is in ``tests/test_campaign.
 from __future__ import annotations
 
 import dataclasses
-import os
 import sys
 import time
 from pathlib import Path
@@ -24,6 +23,7 @@ from typing import Any
 import pandas as pd
 import pytest
 import torch
+from conftest import take_ticket  # tests/ is on sys.path under pytest
 from optuna.trial import TrialState
 from ray import cloudpickle, tune
 from typer.testing import CliRunner
@@ -39,20 +39,10 @@ from trainers.proxy import train_proxy
 cloudpickle.register_pickle_by_value(sys.modules[__name__])  # Ray workers cannot import tests/
 
 
-def _ticket(folder: Path) -> int:
-    """The next free ticket number (0, 1, 2, ...): exclusive file creation is atomic across processes."""
-    n = 0
-    while True:
-        try:
-            os.close(os.open(folder / f"ticket-{n}", os.O_CREAT | os.O_EXCL | os.O_WRONLY))
-            return n
-        except FileExistsError:
-            n += 1
-
 
 def faulty_trial(config: dict[str, Any], *, job: TrialJob, payload: Any, tickets: str) -> None:
     """The first three trials fail (raise, out of memory, NaN); the others are the campaign's real trial."""
-    ticket = _ticket(Path(tickets))
+    ticket = take_ticket(Path(tickets))
     proxy = job.objective.proxy
     if ticket == 0:
         broken = Path(tickets) / "broken-policy.json"

@@ -31,10 +31,10 @@ def small() -> ProxyData:
 
 
 @pytest.mark.parametrize(("overrides", "message"), [
-    ({"finetune.fraction": 1.0}, "finetune.fraction: must be < 1, got 1.0"),
+    ({"finetune.fraction": 1.0}, "finetune.fraction: must be in (0, 1), got 1.0"),
     ({"finetune.fraction": 0.01}, "finetune.fraction: 0.01 of target.epochs (15) leaves 0 shared epochs"),
-    ({"race.seeds": 21}, "race.seeds: must be <= 20, got 21"),
-    ({"race.seeds": 0}, "race.seeds: must be >= 1, got 0"),
+    ({"race.seeds": 21}, "race.seeds: must be in [1, 20], got 21"),
+    ({"race.seeds": 0}, "race.seeds: must be in [1, 20], got 0"),
     ({"race.baselines": ["randaugment", "no-such-recipe"]}, "race.baselines[1]: no-such-recipe: no such policy file"),
     ({"target.epochs": 1}, "target.epochs: must be >= 2, got 1"),
     ({"target.base_augment": False}, "target.base_augment: the finetune objective needs the base augmentation"),

@@ -11,12 +11,15 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import pytest
 import ray
+from ray import tune
 from typer.testing import CliRunner
 
+import policy_search.pbt as pbt_module
 from policy_search.campaign import resume_campaign, run_campaign
 from policy_search.cli import app
 from policy_search.config import ConfigError, load_config
@@ -137,7 +140,7 @@ def test_explore_and_schedule_reconstruction():
     ({"pbt.ops": ["rotate", "spin"]}, "pbt.ops: unknown op 'spin'"),
     ({"pbt.ops": ["rotate", "rotate"]}, "pbt.ops: an op is listed twice"),
     ({"pbt.population_size": 1}, "pbt.population_size: must be >= 2, got 1"),
-    ({"pbt.resample_probability": 1.5}, "pbt.resample_probability: must be <= 1"),
+    ({"pbt.resample_probability": 1.5}, "pbt.resample_probability: must be in [0, 1], got 1.5"),
 ])
 def test_pbt_config_errors_are_one_line(overrides, message):
     with pytest.raises(ConfigError) as info:
@@ -203,3 +206,56 @@ def test_kill_9_mid_population_then_resume_finishes_every_member(tmp_path):
     assert isinstance(schedule, Schedule) and schedule.epochs == 6
     lineage = schedule.provenance["lineage"]
     assert lineage[0]["start_epoch"] == 0 and lineage[-1]["end_epoch"] == 6
+
+
+def _dying_member(folder: Path) -> Any:
+    """``run_member`` whose first attempt that starts from a checkpoint (a member continuing after its first
+    perturbation) kills its own worker process, once in the campaign: a lost worker, not an error of the member.
+    Every attempt notes (member, its worker's pid, the epochs in the history of the checkpoint it starts from)."""
+
+    def run_member(config: dict[str, Any], **kwargs: Any) -> None:
+        from policy_search.pbt import run_member as real  # in the worker: the module as it is, not the patched one
+
+        member = tune.get_context().get_trial_id()
+        checkpoint = tune.get_checkpoint()
+        epochs = 0
+        if checkpoint is not None:
+            with checkpoint.as_directory() as ckpt:
+                epochs = len(json.loads((Path(ckpt) / pbt_module.HISTORY_FILE).read_text()))
+        with (folder / "attempts").open("a") as f:
+            f.write(json.dumps([member, os.getpid(), epochs]) + "\n")
+        if checkpoint is not None:
+            try:
+                os.close(os.open(folder / "killed", os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+            except FileExistsError:
+                pass
+            else:
+                (folder / "victim").write_text(json.dumps([member, epochs]))
+                os.kill(os.getpid(), signal.SIGKILL)
+        real(config, **kwargs)
+
+    return run_member
+
+
+@pytest.mark.slow
+def test_a_member_whose_worker_dies_continues_from_its_last_checkpoint(tmp_path, monkeypatch):
+    if not ray.is_initialized():
+        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    folder = tmp_path / "kill"
+    folder.mkdir()
+    monkeypatch.setattr(pbt_module, "run_member", _dying_member(folder))
+    cfg = load_config(overrides={**TINY, "name": "lost", "output": str(tmp_path), "race.enabled": False,
+                                 "max_failures": 1})
+    result = run_campaign(cfg)
+
+    assert result.counts == {"COMPLETE": 4, "FAILED": 0, "RUNNING": 0}  # the member that lost its worker finished
+    victim, epochs_before = json.loads((folder / "victim").read_text())
+    attempts = [json.loads(line) for line in (folder / "attempts").read_text().splitlines()]
+    mine = [a for a in attempts if a[0] == victim]
+    killed_at = next(i for i, a in enumerate(mine) if a[2] == epochs_before and a[2] > 0)
+    retry = mine[killed_at + 1]
+    assert retry[1] != mine[killed_at][1]  # a new worker process
+    assert retry[2] >= epochs_before > 0  # it continued from a checkpoint, not from scratch
+    population = pd.read_csv(result.folder / "population.csv")
+    epochs = population[population["member"] == victim]["epoch"].tolist()
+    assert epochs == list(range(1, EPOCHS + 1))  # every epoch once: the lost attempt reported nothing twice

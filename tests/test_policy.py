@@ -206,7 +206,11 @@ def test_to_timm_and_fidelity():
 
 
 def test_to_torchvision_replays_per_image(cifar_images):
+    """The torchvision export takes one image (PIL or tensor), gives our Augmenter's pixels where the op is
+    deterministic, and a seeded export replays its random draws exactly."""
     from PIL import Image
+
+    from search_spaces import Augmenter
 
     t = preset("trivialaugment_wide").to_torchvision()
     assert isinstance(t, v2.Transform)
@@ -214,5 +218,21 @@ def test_to_torchvision_replays_per_image(cifar_images):
     out = t(img)
     assert isinstance(out, Image.Image) and out.size == (32, 32)
     assert t(cifar_images[0]).shape == (3, 32, 32)
+    # deterministic ops (probability 1, fixed magnitude): image by image, the export's pixels are the Augmenter's
+    # (autocontrast within one uint8 level: torchvision's uint8 kernel truncates where ours rounds)
+    for op, magnitude, levels in (("invert", None, 0), ("equalize", None, 0), ("posterize", 4.0, 0),
+                                  ("autocontrast", None, 1)):
+        policy = Policy("sequential", ops=(OpConfig(op, 1.0, None if magnitude is None else Magnitude(magnitude)),))
+        exported, ours = policy.to_torchvision(), Augmenter(policy)
+        for x in cifar_images[:4]:
+            diff = exported(x).int() - ours(x[None], generator=torch.Generator().manual_seed(0))[0].int()
+            assert int(diff.abs().max()) <= levels, op
+    # random draws: the same seed replays per image, another seed draws differently
+    images = list(cifar_images[:16])
+    first, again = (preset("randaugment").to_torchvision(seed=3) for _ in range(2))
+    draws = [first(x) for x in images]
+    assert all(torch.equal(a, again(x)) for a, x in zip(draws, images, strict=True))
+    other = preset("randaugment").to_torchvision(seed=4)
+    assert any(not torch.equal(a, other(x)) for a, x in zip(draws, images, strict=True))
     pipeline = v2.Compose([preset("crop_flip").to_torchvision(seed=0), v2.ToDtype(torch.float32, scale=True)])
     assert pipeline(cifar_images[1]).dtype == torch.float32

@@ -29,41 +29,6 @@ from policy_search.cli import app
 from policy_search.config import PASSWORD_ENV, load_config
 from policy_search.session import campaign_id, load_study, stale_numbers, study_name
 
-URL_ENV = "POLICY_SEARCH_TEST_PG_URL"
-
-
-def _unavailable(reason: str) -> None:
-    if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
-        pytest.fail(f"PostgreSQL required in CI: {reason}")
-    pytest.skip(reason)
-
-
-@pytest.fixture(scope="module")
-def pg_url() -> str:
-    """The server's URL without a password (the password is in ``$POLICY_SEARCH_DB_PASSWORD``)."""
-    url, password = os.environ.get(URL_ENV), os.environ.get(PASSWORD_ENV)
-    if not url or not password:
-        _unavailable(f"${URL_ENV} and ${PASSWORD_ENV} not set (run: eval \"$(.ci/postgres)\")")
-    try:
-        import psycopg2  # noqa: F401
-    except ImportError:
-        _unavailable("psycopg2 is not installed (the [postgres] extra)")
-    import sqlalchemy
-    from sqlalchemy.engine import make_url
-
-    assert make_url(url).password is None, f"${URL_ENV} must not carry the password"
-    full = make_url(url).set(password=password).render_as_string(hide_password=False)
-    engine = sqlalchemy.create_engine(full)
-    try:
-        with engine.connect() as conn:
-            conn.execute(sqlalchemy.text("SELECT 1"))
-    except sqlalchemy.exc.OperationalError as exc:
-        _unavailable(f"cannot connect to {url}: {str(exc).splitlines()[0]}")
-    finally:
-        engine.dispose()
-    optuna.storages.RDBStorage(full)  # Optuna's tables exist before two drivers open the database at once
-    return url
-
 
 def _delete_study(cfg) -> None:
     """The database outlives the test: drop the campaign's study (if it got that far)."""

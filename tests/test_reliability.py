@@ -25,6 +25,7 @@ import pandas as pd
 import pytest
 import torch
 import yaml
+from conftest import take_ticket  # tests/ is on sys.path under pytest
 from optuna.trial import TrialState
 from ray import cloudpickle, tune
 from typer.testing import CliRunner
@@ -51,6 +52,8 @@ from policy_search.reliability import (
     UntrustedState,
     hmac_key,
     resume_plan,
+    run_guarded,
+    run_records_dir,
     sign_tuner_file,
     verify_tune_state,
 )
@@ -237,19 +240,57 @@ def test_the_signing_key_file_is_made_once_and_private(tmp_path, monkeypatch):
         hmac_key()
 
 
+@pytest.mark.parametrize("error", [ConnectionError("Failed to connect to Ray cluster at 10.0.0.1:6379"),
+                                   "authentication"])
+def test_a_cluster_that_refuses_the_driver_is_one_line_naming_ray_address_and_the_token(tmp_path, monkeypatch, error):
+    """A driver without the cluster's token (ray raises AuthenticationError) or with no cluster there
+    (ConnectionError): `policy-search run --address` prints one line naming the key and the token, exit 2."""
+    import ray
+    from ray.exceptions import AuthenticationError
+
+    exc = AuthenticationError("Token mismatch\nmore detail") if error == "authentication" else error
+
+    def refuse(*args, **kwargs):
+        raise exc
+
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)  # (another module's local Ray may still run)
+    monkeypatch.setattr(ray, "init", refuse)
+    result = CliRunner().invoke(app, ["run", "--address", "10.0.0.1:6379", "--output", str(tmp_path), "--trials",
+                                      "1", "--train-size", "100", "--val-size", "50", "-q"])
+    assert result.exit_code == 2, result.output
+    line = f"error: ray_address: cannot join the Ray cluster at 10.0.0.1:6379 ({type(exc).__name__}: "
+    errors = [text for text in result.output.splitlines() if text.startswith("error:")]
+    assert len(errors) == 1 and errors[0].startswith(line), result.output
+    assert "RAY_AUTH_MODE=token" in errors[0] and "Traceback" not in result.output
+
+
+def test_an_error_recorded_in_an_earlier_driver_run_is_not_replayed(tmp_path, monkeypatch):
+    """A retry in the same driver run raises the recorded error without running; a resumed run (a new records
+    folder) runs the trial, even if a worker of the killed run recorded an error for it late."""
+
+    class Context:
+        def get_trial_id(self) -> str:
+            return "trial_1"
+
+    monkeypatch.setattr(tune, "get_context", Context)
+    killed_run, resumed_run = run_records_dir(tmp_path), run_records_dir(tmp_path)
+    assert killed_run != resumed_run and killed_run.parent == resumed_run.parent == tmp_path / "trial_errors"
+    calls = []
+
+    def raises(config):
+        calls.append(config)
+        raise RuntimeError("gate released without a kill")
+
+    for _ in range(2):  # the first attempt runs and records; the retry in the same run replays without running
+        with pytest.raises(RuntimeError, match="gate released without a kill"):
+            run_guarded(raises, {"x": 1}, str(killed_run), None)
+    assert len(calls) == 1
+    assert run_guarded(lambda config: config["x"] + 1, {"x": 1}, str(resumed_run), None) == 2
+
+
 # ---------------------------------------------------------------------------------------------
 # Trials that hang, lose their worker or run out of memory (real campaigns)
 
-
-def _ticket(folder: Path) -> int:
-    """The next free ticket number (0, 1, 2, ...): exclusive file creation is atomic across processes."""
-    n = 0
-    while True:
-        try:
-            os.close(os.open(folder / f"ticket-{n}", os.O_CREAT | os.O_EXCL | os.O_WRONLY))
-            return n
-        except FileExistsError:
-            n += 1
 
 
 def _note(path: Path, text: str) -> None:
@@ -266,7 +307,7 @@ def hang_or_die_trial(config: dict[str, Any], *, job: TrialJob, payload: Any, ti
     if (folder / f"retry-{trial_id}").exists():  # the retry of the killed trial
         run_trial(config, job=job, payload=payload)
         return
-    ticket = _ticket(folder)
+    ticket = take_ticket(folder)
     if ticket == 0:
         (folder / "hung").write_text(trial_id)
         while not (folder / "never").exists():
@@ -321,7 +362,7 @@ def oom_trial(config: dict[str, Any], *, job: TrialJob, payload: Any, tickets: s
     tensor far past the cap, then restores the limit (the worker is reused by the next trial); the others are the
     campaign's real trial."""
     folder = Path(tickets)
-    if _ticket(folder) == 0:
+    if take_ticket(folder) == 0:
         soft, hard = resource.getrlimit(resource.RLIMIT_AS)
         in_use = int(Path("/proc/self/status").read_text().split("VmSize:")[1].split()[0]) * 1024
         resource.setrlimit(resource.RLIMIT_AS, (in_use + (512 << 20), hard))

@@ -162,5 +162,5 @@ def test_bad_configs_are_one_line_errors(change, field):
 def test_resnet_students_take_stochastic_depth():
     cfg = SelfTrainConfig(student_model="resnet18", student_kwargs={}, stochastic_depth=0.2)
     assert SelfTrainConfig.from_dict(cfg.to_dict()) == cfg
-    with pytest.raises(PipelineError, match="unknown SelfTrainConfig key"):
+    with pytest.raises(PipelineError, match=r"^iteration: unknown field \(known SelfTrainConfig keys: "):
         SelfTrainConfig.from_dict({"iteration": 3})

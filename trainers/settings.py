@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from typing import Annotated, Any, ClassVar, Self
+from typing import Annotated, Any, ClassVar, Self, get_args
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 
@@ -50,9 +50,27 @@ _BOUNDS = {"greater_than_equal": "ge", "greater_than": "gt", "less_than_equal": 
 _OPS = {"ge": ">=", "gt": ">", "le": "<=", "lt": "<"}
 
 
+def _submodel(annotation: Any) -> type[BaseModel] | None:
+    """The pydantic model a field holds (``X``, ``X | None``), else None."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    return next((a for a in get_args(annotation) if isinstance(a, type) and issubclass(a, BaseModel)), None)
+
+
+def _locate(model: type[BaseModel], loc: Sequence[Any]) -> tuple[type[BaseModel], Any]:
+    """The model that holds the last key of ``loc`` (walking nested models) and that key's field (or None)."""
+    for key in loc[:-1]:
+        field = model.model_fields.get(str(key))
+        inner = _submodel(field.annotation) if field is not None else None
+        if inner is None:
+            return model, None
+        model = inner
+    return model, model.model_fields.get(str(loc[-1])) if loc else None
+
+
 def _interval(model: type[BaseModel], loc: Sequence[Any], ctx: Mapping[str, Any]) -> str:
     """``in [0, 1)`` for a field bounded on both sides, else ``>= 1`` (the bound that failed)."""
-    field = model.model_fields.get(str(loc[0])) if len(loc) == 1 else None
+    field = _locate(model, loc)[1]
     bounds = {key: getattr(m, key) for m in (field.metadata if field else ()) for key in _OPS if hasattr(m, key)}
     low = next((("[" if k == "ge" else "(", v) for k, v in bounds.items() if k in ("ge", "gt")), None)
     high = next(((v, "]" if k == "le" else ")") for k, v in bounds.items() if k in ("le", "lt")), None)
@@ -63,14 +81,16 @@ def _interval(model: type[BaseModel], loc: Sequence[Any], ctx: Mapping[str, Any]
 
 
 def describe_error(exc: ValidationError, model: type[BaseModel]) -> str:
-    """One line for the first error of ``exc`` raised by ``model``: ``<key>: <what is wrong>, got <value>``."""
+    """One line for the first error of ``exc`` raised by ``model`` (nested models included): ``<key>: <what is
+    wrong>, got <value>``. Every config of the project (trainer settings, pipelines, the campaign) uses it."""
     err = exc.errors()[0]
     loc = ".".join(str(p) for p in err["loc"])
     kind, ctx, got = err["type"], err.get("ctx") or {}, err.get("input")
     if kind in _BOUNDS:
         msg = f"must be {_interval(model, err['loc'], ctx)}, got {got!r}"
     elif kind == "extra_forbidden":
-        msg = f"unknown {model.__name__} key (known: {', '.join(sorted(model.model_fields))})"
+        holder = _locate(model, err["loc"])[0]
+        msg = f"unknown field (known {holder.__name__} keys: {', '.join(sorted(holder.model_fields))})"
     elif kind == "literal_error":
         msg = f"must be one of {ctx.get('expected')}, got {got!r}"
     elif kind in ("value_error", "assertion_error"):
