@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import os
 import sys
+import textwrap
 import zipfile
 from pathlib import Path
 
@@ -78,6 +79,57 @@ def take_ticket(folder: Path) -> int:
             return n
         except FileExistsError:
             n += 1
+
+
+#: The start of every driver script (``python -c``) that gates its campaign's trials: ``gate_trials(gate, finish,
+#: ended_by)`` wraps ``policy_search.campaign.run_trial`` so that trials claim slots 0, 1, ... (one file each, made
+#: exclusively), the first ``finish`` run for real, and the next writes ``<gate>/blocked`` and waits for
+#: ``<gate>/release``, which the test creates only after it has killed or interrupted the driver. So the driver stops
+#: with exactly ``finish`` trials finished and one running, whatever the machine's speed. The wrapper lives in the
+#: script's ``__main__``, so cloudpickle ships it to the Ray workers by value; its ``__name__`` stays "run_trial", the
+#: name ``Tuner.restore`` checks on resume (which runs the real one).
+GATED_RUN_TRIAL = textwrap.dedent("""
+    import os
+    import sys
+    import time
+    from pathlib import Path
+
+    import policy_search.campaign as campaign
+
+
+    def gate_trials(gate, finish, ended_by):
+        gate, real_run_trial = Path(gate), campaign.run_trial
+
+        def run_trial(config, **kwargs):
+            slot = 0
+            while True:
+                try:
+                    os.close(os.open(gate / f"slot-{slot}", os.O_CREAT | os.O_EXCL))
+                    break
+                except FileExistsError:
+                    slot += 1
+            if slot < finish:
+                return real_run_trial(config, **kwargs)
+            (gate / "blocked").touch()
+            deadline = time.monotonic() + 600  # never reached in a passing test: the test ends the driver first
+            while not (gate / "release").exists() and time.monotonic() < deadline:
+                time.sleep(0.1)
+            raise RuntimeError(f"gate released without {ended_by}")
+
+        campaign.run_trial = run_trial
+""")
+
+
+def wait_for_driver(proc, log: Path, deadline: float, condition, what: str) -> None:
+    """Poll ``condition`` until true; fail with the driver's log if the driver exits first or ``deadline``
+    (``time.monotonic()``) passes. Only a bound on a hang: what a test waits for is an event, never a duration."""
+    import time
+
+    while not condition():
+        assert proc.poll() is None, (f"the driver exited (status {proc.returncode}) before {what}:\n"
+                                     + log.read_text(errors="replace")[-3000:])
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.2)
 
 
 PG_URL_ENV = "POLICY_SEARCH_TEST_PG_URL"

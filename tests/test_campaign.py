@@ -15,6 +15,7 @@ from pathlib import Path
 import optuna
 import pandas as pd
 import pytest
+from conftest import GATED_RUN_TRIAL, wait_for_driver  # tests/ is on sys.path under pytest
 from optuna.trial import TrialState
 
 from policy_search.campaign import CampaignError, load_study, resume_campaign, run_campaign
@@ -92,42 +93,13 @@ def test_failing_trials_are_recorded_and_the_campaign_completes(tmp_path, ray_lo
 
 KILLED_TRIALS = 10
 FINISHED_BEFORE_KILL = 3
-# The driver runs the campaign with run_trial wrapped by a gate: trials claim slots 0, 1, ... (one file each,
-# created exclusively) and the trial that claims slot FINISHED_BEFORE_KILL blocks on a release file the test
-# creates only after the kill. So the driver dies with exactly FINISHED_BEFORE_KILL finished trials and one
-# running, whatever the machine's speed. The wrapper lives in __main__, so cloudpickle ships it to the Ray
-# workers by value; its __name__ stays "run_trial", the name Tuner.restore checks on resume (which runs the
-# real run_trial).
-_DRIVER = textwrap.dedent("""
-    import os
-    import sys
-    import time
-    from pathlib import Path
-
-    import policy_search.campaign as campaign
+# The driver runs the campaign with run_trial gated (conftest.GATED_RUN_TRIAL): exactly FINISHED_BEFORE_KILL
+# trials finish and one runs when the test kills the driver.
+_DRIVER = GATED_RUN_TRIAL + textwrap.dedent("""
     from policy_search.config import load_config
 
     output, num_trials, gate, finish = sys.argv[1], int(sys.argv[2]), Path(sys.argv[3]), int(sys.argv[4])
-    real_run_trial = campaign.run_trial
-
-    def gated(config, **kwargs):
-        slot = 0
-        while True:
-            try:
-                os.close(os.open(gate / f"slot-{slot}", os.O_CREAT | os.O_EXCL))
-                break
-            except FileExistsError:
-                slot += 1
-        if slot < finish:
-            return real_run_trial(config, **kwargs)
-        (gate / "blocked").touch()
-        deadline = time.monotonic() + 600  # never reached in a passing test: the test kills the driver
-        while not (gate / "release").exists() and time.monotonic() < deadline:
-            time.sleep(0.1)
-        raise RuntimeError("gate released without a kill")
-
-    gated.__name__ = "run_trial"
-    campaign.run_trial = gated
+    gate_trials(gate, finish, "a kill")
     campaign.run_campaign(load_config(overrides=dict(
         output=output, name="killed", num_trials=num_trials, max_concurrent=1, train_size=300, val_size=150,
         num_cpus=2, objective="proxy", **{"proxy.epochs": 1, "proxy.width": 8, "race.enabled": False})))
@@ -166,11 +138,7 @@ def test_resume_after_kill_9(tmp_path, ray_local, snapshot_s):
     deadline = time.monotonic() + 240
 
     def wait_for(condition, what: str) -> None:
-        while not condition():
-            assert proc.poll() is None, (f"the driver exited (status {proc.returncode}) before {what}:\n"
-                                         + log.read_text(errors="replace")[-3000:])
-            assert time.monotonic() < deadline, f"timed out waiting for {what}"
-            time.sleep(0.2)
+        wait_for_driver(proc, log, deadline, condition, what)
 
     def tune_snapshot_has_them() -> bool:
         try:

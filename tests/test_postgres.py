@@ -21,6 +21,7 @@ from pathlib import Path
 import optuna
 import pandas as pd
 import pytest
+from conftest import GATED_RUN_TRIAL, wait_for_driver  # tests/ is on sys.path under pytest
 from optuna.trial import TrialState
 from typer.testing import CliRunner
 
@@ -91,37 +92,12 @@ def test_an_inline_password_is_stripped_from_the_saved_config():
 # killed the driver: the driver dies with exactly ``finish`` finished trials and one running, whatever the
 # machine's speed (the pattern of tests/test_campaign.py::test_resume_after_kill_9). The wrapper lives in
 # __main__, so cloudpickle ships it to the workers by value; its __name__ stays "run_trial" for Tuner.restore.
-_DRIVER = textwrap.dedent("""
-    import os
-    import sys
-    import time
-    from pathlib import Path
-
-    import policy_search.campaign as campaign
+_DRIVER = GATED_RUN_TRIAL + textwrap.dedent("""
     from policy_search.config import load_config
 
     output, name, storage, num_trials, objective, gate, finish = sys.argv[1:8]
-    real_run_trial = campaign.run_trial
-
-    def gated(config, **kwargs):
-        slot = 0
-        while True:
-            try:
-                os.close(os.open(Path(gate) / f"slot-{slot}", os.O_CREAT | os.O_EXCL))
-                break
-            except FileExistsError:
-                slot += 1
-        if slot < int(finish):
-            return real_run_trial(config, **kwargs)
-        (Path(gate) / "blocked").touch()
-        deadline = time.monotonic() + 600  # never reached in a passing test: the test kills the driver
-        while not (Path(gate) / "release").exists() and time.monotonic() < deadline:
-            time.sleep(0.1)
-        raise RuntimeError("gate released without a kill")
-
     if gate:
-        gated.__name__ = "run_trial"
-        campaign.run_trial = gated
+        gate_trials(gate, int(finish), "a kill")
     campaign.run_campaign(load_config(overrides=dict(
         output=output, name=name, storage=storage, num_trials=int(num_trials), objective=objective,
         space="autoaugment", space_options={"num_subpolicies": 2}, sampler="random", max_concurrent=1,
@@ -216,11 +192,7 @@ def test_an_interrupted_campaign_resumes_on_postgresql(tmp_path, pg_url, ray_loc
         return {t.user_attrs[STUDY_ATTR]: t.value for t in trials if t.state == TrialState.COMPLETE}
 
     def wait_for(condition, what: str) -> None:
-        while not condition():
-            assert proc.poll() is None, (f"the driver exited (status {proc.returncode}) before {what}:\n"
-                                         + log.read_text(errors="replace")[-3000:])
-            assert time.monotonic() < deadline, f"timed out waiting for {what}"
-            time.sleep(0.2)
+        wait_for_driver(proc, log, deadline, condition, what)
 
     try:
         try:

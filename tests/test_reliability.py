@@ -25,7 +25,7 @@ import pandas as pd
 import pytest
 import torch
 import yaml
-from conftest import take_ticket  # tests/ is on sys.path under pytest
+from conftest import GATED_RUN_TRIAL, take_ticket  # tests/ is on sys.path under pytest
 from optuna.trial import TrialState
 from ray import cloudpickle, tune
 from typer.testing import CliRunner
@@ -400,36 +400,11 @@ FINISHED_BEFORE_CTRL_C = 2
 CTRL_C_TRIALS = 4
 # The driver runs `policy-search run` (the real CLI) with run_trial wrapped by a gate: the trial that claims slot
 # FINISHED_BEFORE_CTRL_C blocks until the test has sent SIGINT (the same gate as test_campaign's kill -9 test).
-_DRIVER = textwrap.dedent("""
-    import os
-    import sys
-    import time
-    from pathlib import Path
-
-    import policy_search.campaign as campaign
+_DRIVER = GATED_RUN_TRIAL + textwrap.dedent("""
     from policy_search.cli import app
 
     output, gate, finish = sys.argv[1], Path(sys.argv[2]), int(sys.argv[3])
-    real_run_trial = campaign.run_trial
-
-    def gated(config, **kwargs):
-        slot = 0
-        while True:
-            try:
-                os.close(os.open(gate / f"slot-{slot}", os.O_CREAT | os.O_EXCL))
-                break
-            except FileExistsError:
-                slot += 1
-        if slot < finish:
-            return real_run_trial(config, **kwargs)
-        (gate / "blocked").touch()
-        deadline = time.monotonic() + 600  # never reached in a passing test: Ctrl-C ends this trial
-        while not (gate / "release").exists() and time.monotonic() < deadline:
-            time.sleep(0.1)
-        raise RuntimeError("gate released without a Ctrl-C")
-
-    gated.__name__ = "run_trial"
-    campaign.run_trial = gated
+    gate_trials(gate, finish, "a Ctrl-C")
     app(["run", "--output", output, "--name", "ctrlc", "--trials", sys.argv[4], "--max-concurrent", "1",
          "--train-size", "300", "--val-size", "150", "--objective", "proxy", "--space", "randaugment",
          "--epochs", "1", "--width", "8", "--no-race", "-q"], prog_name="policy-search")
