@@ -16,6 +16,7 @@ from typing import Any
 import pandas as pd
 import pytest
 import ray
+from conftest import wait_for_driver  # tests/ is on sys.path under pytest
 from ray import tune
 from typer.testing import CliRunner
 
@@ -158,9 +159,43 @@ def test_cli_run_pbt_errors_are_one_line(tmp_path):
 
 
 _PBT_DRIVER = """
+import os
 import sys
+import time
+from pathlib import Path
+
+import policy_search.pbt as pbt
 from policy_search.campaign import run_campaign
 from policy_search.config import load_config
+
+gate = Path(sys.argv[1]) / "gate"
+gate.mkdir()
+
+
+def run_member(config, **kwargs):  # Tune checks the trainable's name on resume
+    # in the worker: the module as imported there; every member holds after its epoch-4 report (a checkpoint,
+    # past two perturbation boundaries) until the test kills the driver, so none can finish before the kill
+    import policy_search.pbt as worker_pbt
+    from ray import tune
+
+    real_train, member = worker_pbt.train_proxy, tune.get_context().get_trial_id()
+
+    def train_proxy(policy, data, proxy, *, resume=None, on_state):
+        def held(m, snapshot):
+            on_state(m, snapshot)
+            if m.epoch >= 4:
+                (gate / f"held-{member}").touch()
+                deadline = time.monotonic() + 600  # never reached in a passing test: the kill comes first
+                while time.monotonic() < deadline:
+                    time.sleep(0.1)
+                raise RuntimeError("gate never ended by the kill")
+        return real_train(policy, data, proxy, resume=resume, on_state=held)
+
+    worker_pbt.train_proxy = train_proxy
+    worker_pbt.run_member(config, **kwargs)
+
+
+pbt.run_member = run_member
 overrides = {"mode": "pbt", "name": "killed", "output": sys.argv[1], "train_size": 500, "val_size": 250,
              "proxy.epochs": 6, "proxy.width": 8, "pbt.population_size": 4, "pbt.perturbation_interval": 2,
              "pbt.init": "random", "max_concurrent": 2, "num_cpus": 2, "race.enabled": False}
@@ -168,33 +203,31 @@ run_campaign(load_config(overrides=overrides))
 """
 
 
-def _member_epochs(folder: Path) -> int:
-    total = 0
-    for progress in (folder / "tune").glob("*/progress.csv"):
-        try:
-            total += len(pd.read_csv(progress))
-        except (pd.errors.EmptyDataError, pd.errors.ParserError):
-            pass
-    return total
-
-
 @pytest.mark.slow
 def test_kill_9_mid_population_then_resume_finishes_every_member(tmp_path):
     env = {**os.environ, "TUNE_GLOBAL_CHECKPOINT_S": "1"}
-    proc = subprocess.Popen([sys.executable, "-c", _PBT_DRIVER, str(tmp_path)], env=env, start_new_session=True,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    folder = tmp_path / "killed"
+    log = tmp_path / "driver.log"
+    with log.open("w") as out:
+        proc = subprocess.Popen([sys.executable, "-c", _PBT_DRIVER, str(tmp_path)], env=env,
+                                start_new_session=True, stdout=out, stderr=subprocess.STDOUT)
+    folder, gate = tmp_path / "killed", tmp_path / "gate"
     deadline = time.monotonic() + 300
+
+    def snapshot_after_hold() -> bool:
+        """Both running members hold at epoch 4 and Tune has saved the experiment since."""
+        held = list(gate.glob("held-*"))
+        if len(held) < 2:
+            return False
+        states = list((folder / "tune").glob("experiment_state*.json"))
+        last_hold = max(p.stat().st_mtime for p in held)
+        return any(p.stat().st_mtime > last_hold for p in states)
+
     try:
-        while _member_epochs(folder) < 8:  # a third of the 24 member-epochs, past the first perturbations
-            assert proc.poll() is None, "the pbt driver ended before the kill"
-            assert time.monotonic() < deadline, "the population did not train 8 member-epochs in time"
-            time.sleep(0.3)
-        time.sleep(1.5)  # Tune snapshots the experiment meanwhile
+        wait_for_driver(proc, log, deadline, snapshot_after_hold, "two members held at epoch 4 and a Tune snapshot")
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
-    assert not (folder / "best_schedule.json").exists()
+    assert not (folder / "best_schedule.json").exists()  # no member can finish while held
 
     if not ray.is_initialized():
         ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
