@@ -138,11 +138,16 @@ def _sqlite_campaign(tmp_path: Path, name: str, **extra: Any):
     cfg = load_config(overrides={"name": name, "output": str(tmp_path), "space": "randaugment", "objective": "proxy",
                                  "proxy.epochs": 2, "race.enabled": False, **extra})
     create_campaign_study(cfg)
+    storage = study_storage(cfg)
     search = CampaignSearch(partial(SPACES_BY_NAME["randaugment"]), metric="val_acc", mode="max",
-                            study_name=study_name(cfg), storage=study_storage(cfg),
+                            study_name=study_name(cfg), storage=storage,
                             sampler=optuna.samplers.RandomSampler(seed=0), max_t=2, num_trials=5,
                             storage_retry_s=cfg.storage_retry_s, folder=cfg.folder)
-    return cfg, search
+    return cfg, search, storage
+
+
+def _storage_down(*args: Any, **kwargs: Any) -> None:
+    raise _down()
 
 
 def _result(value: float, epoch: int) -> dict[str, Any]:
@@ -150,22 +155,25 @@ def _result(value: float, epoch: int) -> dict[str, Any]:
 
 
 def test_the_searcher_keeps_what_the_study_could_not_take_and_resume_tells_it(tmp_path, monkeypatch):
-    cfg, search = _sqlite_campaign(tmp_path, "keep", storage_retry_s=0)
+    cfg, search, backend = _sqlite_campaign(tmp_path, "keep", storage_retry_s=0)
     stop = StorageStop(search)
     search.suggest("t1")
     search.suggest("t2")
     search.on_trial_result("t1", _result(0.3, 1))  # reaches the study
     search.on_trial_result("t2", _result(0.2, 1))
-    backend = search._study_storage  # the storage goes away
-    for method in ("set_trial_intermediate_value", "set_trial_state_values"):
-        monkeypatch.setattr(backend, method, lambda *a, **k: (_ for _ in ()).throw(_down()))
+    for method in ("set_trial_intermediate_value", "set_trial_state_values"):  # the storage goes away
+        monkeypatch.setattr(backend, method, _storage_down)
     assert search.storage_failure is None and not stop.stop_all()
     search.on_trial_result("t1", _result(0.5, 2))  # t1's final result: the report cannot be written
     assert search.storage_failure.startswith(f"storage: sqlite:///{cfg.folder / 'study.db'} unreachable for 0 s "
                                              f"(ConnectionRefusedError:")
     assert stop.stop_all() and not stop("t2", {})  # Tune ends the experiment, no single trial is stopped
     again = cloudpickle.loads(cloudpickle.dumps({"search_alg": search, "stop": stop}))  # as in Tune's tuner.pkl
-    assert again["search_alg"]._outage is again["stop"]._outage and not again["stop"].stop_all()
+    assert not again["stop"].stop_all()  # a resumed experiment starts without the failure
+    with monkeypatch.context() as outage:  # and its stopper still follows its searcher: the storage of the copy fails
+        outage.setattr(type(backend), "set_trial_state_values", _storage_down)
+        again["search_alg"].on_trial_complete("t1", result=_result(0.5, 2))
+        assert again["search_alg"].storage_failure is not None and again["stop"].stop_all()
     assert search.suggest("t3") == Searcher.FINISHED  # nothing more is asked of the storage
     search.on_trial_complete("t2", result=_result(0.2, 1), error=True)  # kept without trying the storage
     pending = read_pending(cfg.folder)
@@ -188,18 +196,17 @@ def test_the_searcher_keeps_what_the_study_could_not_take_and_resume_tells_it(tm
 
 
 def test_an_ask_that_failed_after_its_commit_leaves_no_running_trial(tmp_path, monkeypatch):
-    cfg, search = _sqlite_campaign(tmp_path, "orphan", storage_retry_s=30)
-    backend = search._study_storage  # (what Optuna's cached storage calls to create a trial)
-    real, calls = backend._create_new_trial, []
+    cfg, search, _ = _sqlite_campaign(tmp_path, "orphan", storage_retry_s=30)
+    real_ask, calls = optuna.Study.ask, []
 
-    def create_then_fail(*args, **kwargs):
-        trial = real(*args, **kwargs)
+    def ask_then_fail(study, *args, **kwargs):
+        trial = real_ask(study, *args, **kwargs)
         calls.append(trial.number)
         if len(calls) == 1:
             raise _down("server closed the connection unexpectedly")  # committed, but the answer is lost
         return trial
 
-    monkeypatch.setattr(backend, "_create_new_trial", create_then_fail)
+    monkeypatch.setattr(optuna.Study, "ask", ask_then_fail)
     search.suggest("t1")
     search.on_trial_complete("t1", result=_result(0.4, 2))
     study = load_study(cfg)
