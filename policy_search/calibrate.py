@@ -7,12 +7,16 @@ grid and random draws from the campaign's space: at least 25) is
   :func:`policy_search.race.run_race`, so it runs as Ray Tune trials and resumes without retraining), and
 * scored by each objective (``proxy``, ``finetune``, ``density``, ``full``: one trial per policy).
 
-For each objective: the Spearman correlation of its scores with the reference (mean over seeds), with a
-bootstrap 95% interval over policies. The *noise ceiling* is the Spearman correlation of the target training
-with itself across two seeds: no objective can agree with the target better than the target agrees with
-itself. Outputs in ``<output>/<name>-calibration/``: ``scores.csv`` (one row per objective and policy, appended
-as each finishes), ``calibration.csv`` / ``calibration.md`` / ``calibration.json``, ``calibration.png``.
-A campaign with the same dataset, splits and target prints the calibrated agreement of its objective.
+For each objective: the Spearman correlation of its scores with the reference (mean over seeds), with a bootstrap
+95% interval over policies. The *noise ceiling* is the Spearman correlation of the target training with itself
+across two seeds: no objective can agree with the target better than the target agrees with itself. A search
+decides near the top of the ranking, so each row also gives the agreement among the 10 policies best by the
+reference (``top10_spearman``) and the *regret* of the objective's choice: the points of reference accuracy its
+top-scored policy loses to the reference's best (``regret_points``; for the noise ceiling, seed 1 against seed 2
+among the same 10 policies, and seed 1 chooses while seed 2 judges). Outputs in ``<output>/<name>-calibration/``:
+``scores.csv`` (one row per objective and policy, appended as each finishes), ``calibration.csv`` /
+``calibration.md`` / ``calibration.json``, ``calibration.png``. A campaign with the same dataset, splits and target
+prints the calibrated agreement of its objective.
 """
 
 from __future__ import annotations
@@ -42,7 +46,7 @@ from .objectives import OBJECTIVES, Objective, make_objective
 from .race import BASELINE_LABELS, Entry, RowLog, run_race
 from .session import Progress, prepare_data, ray_session, trial_dirname
 
-__all__ = ["calibration_panel", "run_calibration", "objective_spec", "agreement", "calibration_folder",
+__all__ = ["calibration_panel", "run_calibration", "objective_spec", "agreement", "near_the_top", "calibration_folder",
            "find_calibration", "CalibrationResult", "GRID_N", "GRID_M"]
 
 GRID_N, GRID_M = (1, 2, 3), (5, 10, 15, 20, 25)
@@ -170,10 +174,24 @@ def agreement(x: Sequence[float], y: Sequence[float], reps: int = 2000, seed: in
     return rho, float(low), float(high)
 
 
+def near_the_top(score: pd.Series, reference: pd.Series, top: int = 10,
+                 best_by: pd.Series | None = None) -> tuple[float, float]:
+    """How ``score`` decides where a search decides: Spearman's rho with ``reference`` among the ``top``
+    policies best by ``best_by`` (default: the reference; NaN with fewer policies), and the regret of choosing
+    by ``score``: the reference's best minus the reference value of the policy ``score`` ranks first, in
+    accuracy points."""
+    both = pd.DataFrame({"score": score, "reference": reference,
+                         "best_by": reference if best_by is None else best_by}).dropna()
+    best = both.nlargest(top, "best_by")
+    rho = float(stats.spearmanr(best["score"], best["reference"]).statistic) if len(both) >= top else math.nan
+    regret = 100 * float(both["reference"].max() - both.loc[both["score"].idxmax(), "reference"])
+    return rho, regret
+
+
 @dataclass
 class CalibrationResult:
     folder: Path
-    table: pd.DataFrame  # objective, spearman, ci_low, ci_high, policies
+    table: pd.DataFrame  # objective, spearman, ci_low, ci_high, policies, top10_spearman, regret_points
     scores: pd.DataFrame  # one row per policy: reference (per seed and mean) and each objective's score
 
 
@@ -217,19 +235,23 @@ def run_calibration(config: CampaignConfig | dict[str, Any], objectives: Sequenc
     if len(seed_cols) >= 2:
         both = table[seed_cols[:2]].dropna()
         rho, lo, hi = agreement(both[seed_cols[0]], both[seed_cols[1]])
+        top, regret = near_the_top(both[seed_cols[0]], both[seed_cols[1]], best_by=table["reference"])
         rows.append({"objective": "noise ceiling (full, seed vs seed)", "spearman": rho, "ci_low": lo, "ci_high": hi,
-                     "policies": len(both)})
+                     "policies": len(both), "top10_spearman": top, "regret_points": regret})
     for name in objectives:
         part = table[["reference", name]].dropna()
         if len(part) >= 3:
             rho, lo, hi = agreement(part[name], part["reference"])
-            rows.append({"objective": name, "spearman": rho, "ci_low": lo, "ci_high": hi, "policies": len(part)})
+            top, regret = near_the_top(part[name], part["reference"])
+            rows.append({"objective": name, "spearman": rho, "ci_low": lo, "ci_high": hi, "policies": len(part),
+                         "top10_spearman": top, "regret_points": regret})
     result = pd.DataFrame(rows)
     result.to_csv(folder / "calibration.csv", index=False)
     table.to_csv(folder / "calibration_scores.csv")
-    lines = ["| objective | Spearman ρ with full training | bootstrap 95% CI | policies |", "|---|---|---|---|"]
-    lines += [f"| {r.objective} | {r.spearman:+.2f} | [{r.ci_low:+.2f}, {r.ci_high:+.2f}] | {r.policies} |"
-              for r in result.itertuples()]
+    lines = ["| objective | Spearman ρ with full training | bootstrap 95% CI | policies | ρ among the 10 best "
+             "| regret of its choice (points) |", "|---|---|---|---|---|---|"]
+    lines += [f"| {r.objective} | {r.spearman:+.2f} | [{r.ci_low:+.2f}, {r.ci_high:+.2f}] | {r.policies} "
+              f"| {r.top10_spearman:+.2f} | {r.regret_points:.2f} |" for r in result.itertuples()]
     (folder / "calibration.md").write_text("\n".join(lines) + "\n")
     (folder / "calibration.json").write_text(json.dumps(
         {"identity": _identity(config), "seeds": race.seeds, "table": result.to_dict(orient="records")},

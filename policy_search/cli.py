@@ -312,10 +312,12 @@ def calibrate(
             with _ProgressView(1, "reference") as view:
                 result = run_calibration(cfg, names, seeds=seeds, num_random=random_policies, on_progress=view)
         table = Table(title=f"rank agreement with full training ({result.folder})")
-        for col in ("objective", "Spearman", "bootstrap 95% CI", "policies"):
+        for col in ("objective", "Spearman", "bootstrap 95% CI", "policies", "ρ among the 10 best",
+                    "regret of its choice (points)"):
             table.add_column(col)
         for r in result.table.itertuples():
-            table.add_row(r.objective, f"{r.spearman:+.2f}", f"[{r.ci_low:+.2f}, {r.ci_high:+.2f}]", str(r.policies))
+            table.add_row(r.objective, f"{r.spearman:+.2f}", f"[{r.ci_low:+.2f}, {r.ci_high:+.2f}]", str(r.policies),
+                          f"{r.top10_spearman:+.2f}", f"{r.regret_points:.2f}")
         console.print(table)
 
     _guard(debug, go)

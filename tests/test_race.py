@@ -4,13 +4,14 @@ campaign with the default late-phase objective whose best_policy.json is the rac
 from __future__ import annotations
 
 import json
+import math
 import threading
 
 import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from policy_search.calibrate import find_calibration, run_calibration
+from policy_search.calibrate import find_calibration, near_the_top, run_calibration
 from policy_search.campaign import resume_campaign, run_campaign
 from policy_search.cli import app
 from policy_search.config import load_config
@@ -112,6 +113,7 @@ def test_calibrate_measures_rank_agreement_and_resumes(tmp_path, ray_local):
     assert list(table.index) == ["noise ceiling (full, seed vs seed)", "proxy", "finetune"]
     assert (table["policies"] == 25).all()  # 4 presets + 15 grid points + 6 random draws
     assert table["spearman"].between(-1, 1).all() and (table["ci_low"] <= table["ci_high"]).all()
+    assert table["top10_spearman"].between(-1, 1).all() and (table["regret_points"] >= 0).all()
     scores = pd.read_csv(result.folder / "scores.csv")
     assert len(scores) == 50 and not scores.duplicated(["objective", "label"]).any()
     for name in ("calibration.csv", "calibration.md", "calibration.png", "calibration.json", RUNS_FILE):
@@ -133,6 +135,21 @@ def test_cli_run_with_its_progress_bars_prints_the_race(tmp_path, ray_local):
     assert result.exit_code == 0, result.output
     assert "race runs" in result.output and "confirmation race (seeds 1)" in result.output
     assert "best_policy.json is the race winner" in result.output
+
+
+def test_near_the_top_measures_agreement_among_the_best_and_the_regret_of_the_choice():
+    reference = pd.Series({f"p{i}": 0.60 + 0.01 * i for i in range(12)})  # p11 best, p0 worst
+    assert near_the_top(reference, reference) == (pytest.approx(1.0), 0.0)
+    swapped = reference.copy()  # ranks the second best first, and the rest in the right order
+    swapped["p10"], swapped["p11"] = swapped["p11"], swapped["p10"]
+    rho, regret = near_the_top(swapped, reference)
+    assert rho == pytest.approx(1 - 6 * 2 / (10 * 99)) and regret == pytest.approx(1.0)
+    reversed_top = reference.copy()  # the 10 best in reverse, the two worst still below them all
+    reversed_top[reference.index[2:]] = reference[reference.index[2:]].to_numpy()[::-1]
+    rho, regret = near_the_top(reversed_top, reference)
+    assert rho == pytest.approx(-1.0) and regret == pytest.approx(9.0)  # it chose p2: 9 points below p11
+    rho, regret = near_the_top(reference[:5], reference[:5])
+    assert math.isnan(rho) and regret == 0.0  # fewer than 10 policies: no top-10 agreement
 
 
 def test_calibrate_objective_specs_name_the_finetune_fraction_and_refuse_bad_ones():
